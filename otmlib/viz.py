@@ -1,0 +1,67 @@
+"""Figures the notebooks and the command line share."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from otmlib import jpeg
+from otmlib.metrics import psnr, psnr_b
+
+SAMPLES = ("chelsea", "astronaut", "coffee", "camera", "rocket")
+
+
+def sample_image(name: str = "chelsea") -> np.ndarray:
+    """A photo bundled with scikit-image (no download): uint8, (H, W, 3) or (H, W)."""
+    from skimage import data
+
+    if name not in SAMPLES:
+        raise ValueError(f"unknown sample {name!r}; bundled: {', '.join(SAMPLES)}")
+    return np.ascontiguousarray(getattr(data, name)())
+
+
+def _grid(ax, shape: tuple[int, int], x0: int = 0, y0: int = 0, color: str = "#ff3b30") -> None:
+    """Draw the 8x8 coding grid over an image shown with ``imshow`` (pixel centres at integers)."""
+    h, w = shape
+    for x in range(-x0 % 8, w + 1, 8):
+        ax.axvline(x - 0.5, color=color, lw=0.4, alpha=0.6)
+    for y in range(-y0 % 8, h + 1, 8):
+        ax.axhline(y - 0.5, color=color, lw=0.4, alpha=0.6)
+
+
+def blocking_figure(img: np.ndarray, quality: int = 10, crop: int = 96) -> Figure:
+    """Four panels on the luminance of ``img``: original and JPEG (zoomed, with the 8x8 grid),
+    the error map, and how many DCT coefficients each block kept (the information JPEG lost).
+    """
+    y = jpeg.luminance(img)
+    comp = jpeg.compress(y, quality)
+    dec = comp.pixels
+    k = jpeg.quantised_indices(torch.tensor(dec, dtype=torch.float64)[None, None], comp.luma_table)[0, 0]
+    kept = (k != 0).sum(dim=(-1, -2)).numpy()
+
+    h, w = y.shape
+    cy, cx = (h // 2) // 8 * 8, (w // 2) // 8 * 8
+    crop = min(crop, h - cy, w - cx) // 8 * 8
+    sl = (slice(cy, cy + crop), slice(cx, cx + crop))
+
+    fig = Figure(figsize=(13, 3.6), layout="constrained")
+    axes = fig.subplots(1, 4)
+    axes[0].imshow(y[sl], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    axes[0].set_title("original (Y), zoomed")
+    axes[1].imshow(dec[sl], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    _grid(axes[1], (crop, crop))
+    axes[1].set_title(f"JPEG Q{quality}: PSNR {psnr(y, dec):.2f} / PSNR-B {psnr_b(y, dec):.2f} dB", fontsize=9)
+    err = np.abs(y.astype(np.int16) - dec.astype(np.int16))
+    im = axes[2].imshow(err[sl], cmap="magma", interpolation="nearest")
+    _grid(axes[2], (crop, crop), color="#5ac8fa")
+    axes[2].set_title("|JPEG - original|, 8x8 grid in blue", fontsize=9)
+    fig.colorbar(im, ax=axes[2], shrink=0.8)
+    im = axes[3].imshow(kept, cmap="viridis", vmin=0, vmax=max(int(kept.max()), 1), interpolation="nearest")
+    axes[3].set_title(f"non-zero DCT coefficients per block\n(of 64; mean {kept.mean():.1f})", fontsize=9)
+    fig.colorbar(im, ax=axes[3], shrink=0.8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"What JPEG quality {quality} does to a photo ({comp.nbytes / 1024:.1f} KiB, {8 * comp.nbytes / (h * w):.2f} bits/pixel)")
+    return fig
