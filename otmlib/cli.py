@@ -72,6 +72,92 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return status
 
 
+def _train_config(args: argparse.Namespace):
+    from otmlib.train import TrainConfig
+
+    base: dict = {}
+    if args.config:
+        import yaml
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such config file")
+        base = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(base, dict):
+            raise ValueError(f"{path}: a config file is a YAML mapping of TrainConfig fields")
+    base["mode"] = args.mode
+    data = dict(base.get("data", {}))
+    gen = dict(base.get("gen", {}))
+    for key, dest, value in (
+        ("data", data, args.data), ("quality", data, args.quality), ("patch", data, args.patch),
+        ("colour", data, True if args.colour else None), ("width", gen, args.width),
+    ):
+        if value is not None:
+            dest[key] = value
+    base["data"], base["gen"] = data, gen
+    for key in ("steps", "batch_size", "backbone", "out", "seed", "num_workers", "lr"):
+        value = getattr(args, key)
+        if value is not None:
+            base[key] = value
+    if args.no_bf16:
+        base["bf16"] = False
+    if "out" not in base:
+        base["out"] = f"runs/{args.mode}-q{data.get('quality', 10)}"
+    return TrainConfig.from_dict(base)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from otmlib.data import training_sets
+    from otmlib.train import Trainer
+
+    cfg = _train_config(args)
+    out = Path(cfg.out)
+    if (out / "last.pt").exists() and not args.resume:
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    sets = training_sets(cfg.data)
+    print(f"data: {sets.description}", file=sys.stderr)
+    for f in sets.failures:
+        print(f"otm: skipped {f}", file=sys.stderr)
+    trainer = Trainer(cfg, sets.train, sets.val, data_description=sets.description)
+    print(f"backbone: {trainer.backbone_note}", file=sys.stderr)
+    if args.resume and trainer.resume():
+        print(f"resumed {out / 'last.pt'} at step {trainer.step}", file=sys.stderr)
+    trainer.fit()
+    meta = out / "data.json"
+    meta.write_text(json.dumps({"description": sets.description, "sha256": sets.sha256}, indent=1))
+    print(f"done: step {trainer.step}, checkpoint {trainer.ckpt_path}, log {trainer.log_path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from otmlib.train import load_checkpoint
+    from otmlib.zoo import export_generator
+
+    ck = load_checkpoint(args.checkpoint)
+    data_json = Path(args.checkpoint).parent / "data.json"
+    data = json.loads(data_json.read_text()) if data_json.exists() else {"description": "unknown", "sha256": ""}
+    scores = json.loads(Path(args.scores).read_text()) if args.scores else None
+    out = export_generator(ck, args.output, data_description=data["description"], data_sha256=data["sha256"],
+                           scores=scores, force=args.force)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from otmlib.zoo import read_metadata, shipped
+
+    models = shipped()
+    if not models:
+        print("no shipped weights yet")
+    for name, path in models.items():
+        m = read_metadata(path)
+        hours = float(m.get("wall_seconds", 0)) / 3600
+        print(f"{name}: {m['mode']} Q{m['quality']}, {m['steps']} steps, {hours:.1f} h, backbone: {m['backbone'][:60]}")
+        print(f"    data: {m['data']}")
+        print(f"    commit {m['git_commit']}, scores {m.get('scores', '{}')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="otm",
@@ -101,6 +187,42 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--image", default="chelsea", help="scikit-image sample name (default chelsea)")
     d.set_defaults(func=_cmd_demo)
 
+    t = sub.add_parser(
+        "train",
+        help="train the L2 baseline or the one-to-many network",
+        description="Train G on JPEG patches. Settings come from TrainConfig's defaults, then --config "
+        "(a YAML mapping of TrainConfig fields), then the flags below. Checkpoints go to OUT/last.pt "
+        "every few minutes (atomically); --resume continues from there; the log is OUT/log.jsonl. "
+        "Multi-GPU: torchrun --nproc_per_node=N -m otmlib.cli train ...",
+    )
+    t.add_argument("mode", choices=("baseline", "one-to-many"), help="baseline: per-pixel L2 (Table 2)")
+    t.add_argument("--config", help="YAML file of TrainConfig fields (e.g. configs/baseline-q10.yaml)")
+    t.add_argument("--data", help="BSDS500 root or an image folder (default: ../shared, OTM_DATA, cache, samples)")
+    t.add_argument("--quality", "-q", type=int, help="JPEG quality of the inputs (default 10)")
+    t.add_argument("--steps", type=int, help="total training steps")
+    t.add_argument("--batch-size", type=int, help="patches per step")
+    t.add_argument("--patch", type=int, help="patch side, a multiple of 8")
+    t.add_argument("--width", type=int, help="filters per layer of G (paper: 64)")
+    t.add_argument("--colour", action="store_true", help="train on RGB instead of luminance")
+    t.add_argument("--backbone", help="perceptual network: vgg19 (paper, needs download) or efficientnet-lite0")
+    t.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4)")
+    t.add_argument("--out", help="run folder (default runs/MODE-qQ)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--num-workers", type=int, help="data loader worker processes")
+    t.add_argument("--no-bf16", action="store_true", help="float32 instead of bfloat16 autocast on CPU")
+    t.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
+    t.set_defaults(func=_cmd_train)
+
+    x = sub.add_parser("export", help="write a checkpoint's G as release weights (safetensors + provenance)")
+    x.add_argument("checkpoint", help="a run's last.pt")
+    x.add_argument("-o", "--output", required=True, help="output .safetensors")
+    x.add_argument("--scores", help="JSON file of measured scores to record")
+    x.add_argument("--force", action="store_true", help="replace an existing output")
+    x.set_defaults(func=_cmd_export)
+
+    m = sub.add_parser("models", help="list the shipped weights and their provenance")
+    m.set_defaults(func=_cmd_models)
+
     i = sub.add_parser("info", help="print a JPEG file's quantisation tables and layout")
     i.add_argument("files", nargs="+", help="JPEG files")
     i.set_defaults(func=_cmd_info)
@@ -111,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ImageError, ValueError) as e:
+    except (ImageError, ValueError, FileExistsError, FileNotFoundError, ConnectionError) as e:
         print(f"otm: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `otm info f.jpg | head`

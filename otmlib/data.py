@@ -1,0 +1,223 @@
+"""Training patches: ground truth, its JPEG, the quantisation table and the alignment flag.
+
+Compress first, then crop (Sec. 3.4): each image is JPEG-compressed once, whole, so the coder's
+8x8 grid is the image's. A patch whose origin is a multiple of 8 then shares that grid and its
+DCT blocks are the coder's (the JPEG loss applies); any other origin is "misaligned" (weight 0).
+
+Determinism: sample ``i`` of the (endless) stream is a pure function of ``(seed, i)``, so a run
+resumed at step ``s`` sees exactly the batches it would have seen, with any number of workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from otmlib import jpeg
+from otmlib.imageio import ImageError, list_images, load_image
+
+
+@dataclass
+class DataConfig:
+    """Where the patches come from and what they look like."""
+
+    data: str | None = None  # folder (BSDS500 root or any image folder); None: resolve_bsds500()
+    splits: tuple[str, ...] = ("train", "val")  # BSDS500 splits to train on (test is never used)
+    val_holdout: int = 10  # first N images of BSDS500 val (by name) held aside for validation
+    quality: int = 10  # JPEG quality of the training inputs
+    patch: int = 64  # patch side in pixels (multiple of 8); the paper's value is lost (reconstructed)
+    colour: bool = False  # False: luminance Y (the paper's main setting); True: RGB
+    aligned_fraction: float = 0.5  # share of patches whose origin is on the 8x8 coding grid
+    augment: bool = True  # random flips / transposes (the table is transposed with the patch)
+    seed: int = 0
+
+
+@dataclass
+class CodedImage:
+    """One training image, stored once: ground truth and its decoded JPEG, (C, H, W) uint8."""
+
+    name: str
+    gt: np.ndarray
+    coded: np.ndarray
+    qtable: np.ndarray  # (C, 8, 8): luminance table for grey; (Y, Cb, Cr) tables for colour
+
+
+def code_image(name: str, img: np.ndarray, quality: int, colour: bool) -> CodedImage:
+    """Compress a whole image once at ``quality`` and keep both versions (the cache).
+
+    Grey: the MATLAB luminance as a grey JPEG, as the evaluation does. Colour: RGB with 4:4:4
+    chroma, so every channel keeps the 8x8 grid (4:2:0 would put chroma on a 16x16 one).
+    """
+    if colour:
+        rgb = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+        comp = jpeg.compress(rgb, quality, subsampling="4:4:4")
+        tables = np.stack([comp.quant_tables[0], comp.quant_tables[1], comp.quant_tables[1]])
+        return CodedImage(name, rgb.transpose(2, 0, 1).copy(), comp.pixels.transpose(2, 0, 1).copy(), tables)
+    y = jpeg.luminance(img)
+    comp = jpeg.compress(y, quality)
+    return CodedImage(name, y[None].copy(), comp.pixels[None].copy(), comp.luma_table[None].copy())
+
+
+def _dihedral(a: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 flips/rotations of the last two axes (k in 0..7); k & 4 transposes."""
+    if k & 1:
+        a = a[..., :, ::-1]
+    if k & 2:
+        a = a[..., ::-1, :]
+    if k & 4:
+        a = np.swapaxes(a, -1, -2)
+    return a
+
+
+class JpegPatchDataset(Dataset):
+    """Index ``i`` -> dict(x, jpeg, q, aligned); endless (``__len__`` is nominal).
+
+    ``x`` and ``jpeg`` are float32 (C, P, P) in [0, 255]; ``q`` is (C, 8, 8); ``aligned`` a bool.
+    Flips keep an aligned patch aligned (a block maps onto a block, its coefficients change
+    sign only); a transpose also transposes the quantisation table, which this carries along.
+    """
+
+    def __init__(self, images: Sequence[CodedImage], cfg: DataConfig, length: int = 1 << 30):
+        if not images:
+            raise ValueError("no training images")
+        small = [im.name for im in images if min(im.gt.shape[1:]) < cfg.patch + 8]
+        if small:
+            raise ValueError(f"images smaller than patch {cfg.patch}+8: {', '.join(small[:5])}")
+        if cfg.patch % 8:
+            raise ValueError(f"patch must be a multiple of 8, got {cfg.patch}")
+        self.images = list(images)
+        self.cfg = cfg
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, int(i)])
+        im = self.images[rng.integers(len(self.images))]
+        _, h, w = im.gt.shape
+        p = cfg.patch
+        aligned = bool(rng.random() < cfg.aligned_fraction)
+        if aligned:
+            top = 8 * rng.integers(0, (h - p) // 8 + 1)
+            left = 8 * rng.integers(0, (w - p) // 8 + 1)
+        else:  # any origin off the grid in at least one direction
+            while True:
+                top, left = rng.integers(0, h - p + 1), rng.integers(0, w - p + 1)
+                if top % 8 or left % 8:
+                    break
+        sl = (slice(None), slice(top, top + p), slice(left, left + p))
+        x, y, q = im.gt[sl], im.coded[sl], im.qtable
+        if cfg.augment:
+            k = int(rng.integers(8))
+            x, y = _dihedral(x, k), _dihedral(y, k)
+            if k & 4:
+                q = np.swapaxes(q, -1, -2)
+        return {
+            "x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+            "jpeg": torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)),
+            "q": torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)),
+            "aligned": torch.tensor(aligned),
+        }
+
+
+class StreamSampler(Sampler[int]):
+    """Global sample indices ``start, start+1, ...`` taken by one of ``world`` ranks (endless)."""
+
+    def __init__(self, start: int = 0, rank: int = 0, world: int = 1):
+        self.start, self.rank, self.world = start, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        i = self.start
+        while True:
+            yield i * self.world + self.rank
+            i += 1
+
+
+# --------------------------------------------------------------------------------------------
+# Building the image sets
+# --------------------------------------------------------------------------------------------
+
+
+def split_files(root: Path, splits: Sequence[str], val_holdout: int) -> tuple[list[Path], list[Path]]:
+    """Training files and held-out validation files under a BSDS500 root or a plain folder.
+
+    A BSDS500 root (with ``train``/``val``/``test``) trains on ``splits`` minus the first
+    ``val_holdout`` images of ``val``, which validate. A plain folder holds out its first
+    ``val_holdout`` images. ``test`` is refused: it is for the final evaluation only.
+    """
+    if "test" in splits:
+        raise ValueError("BSDS500 test is for evaluation only; train on train/val")
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        val_all = list_images(root / "val")
+        held = val_all[:val_holdout]
+        train = [f for s in splits for f in list_images(root / s) if f not in held]
+        return train, held
+    files = list_images(root)
+    if len(files) <= val_holdout:
+        raise ValueError(f"{root}: {len(files)} images, need more than val_holdout={val_holdout}")
+    return files[val_holdout:], files[:val_holdout]
+
+
+def load_coded(files: Sequence[Path], cfg: DataConfig, progress: bool = True) -> tuple[list[CodedImage], list[str]]:
+    """Read and compress each file once; unreadable files are reported by name and skipped."""
+    from tqdm.auto import tqdm
+
+    out, failures = [], []
+    for f in tqdm(files, desc=f"coding Q{cfg.quality}", unit="img", disable=not progress):
+        try:
+            img = load_image(f, min_side=cfg.patch + 8)
+        except ImageError as e:
+            failures.append(str(e))
+            continue
+        out.append(code_image(f.name, img, cfg.quality, cfg.colour))
+    return out, failures
+
+
+def sample_coded(cfg: DataConfig) -> tuple[list[CodedImage], list[CodedImage]]:
+    """The offline fallback: scikit-image's photos, the last two held out for validation."""
+    from otmlib.datasets import sample_images
+
+    coded = [code_image(n, a, cfg.quality, cfg.colour) for n, a in sample_images().items()
+             if min(a.shape[:2]) >= cfg.patch + 8]
+    return coded[:-2], coded[-2:]
+
+
+@dataclass
+class TrainingSets:
+    """Coded training and validation images, what they are, and a checksum of their files."""
+
+    train: list[CodedImage]
+    val: list[CodedImage]
+    description: str
+    sha256: str  # over the sorted (file name, file SHA-256) pairs of the training files
+    failures: list[str]
+
+
+def training_sets(cfg: DataConfig, progress: bool = True) -> TrainingSets:
+    """Resolve the data (see :func:`otmlib.datasets.resolve_bsds500`), code every image once."""
+    import hashlib
+
+    from otmlib.datasets import resolve_bsds500, sha256_file
+
+    source = resolve_bsds500(cfg.data)
+    if source.is_samples:
+        train, val = sample_coded(cfg)
+        digest = hashlib.sha256(",".join(im.name for im in train).encode()).hexdigest()
+        return TrainingSets(train, val, f"scikit-image samples ({source.message})", digest, [])
+    train_files, val_files = split_files(source.root, cfg.splits, cfg.val_holdout)
+    h = hashlib.sha256()
+    for f in sorted(train_files, key=lambda p: p.name):
+        h.update(f"{f.name} {sha256_file(f)}\n".encode())
+    train, fails = load_coded(train_files, cfg, progress)
+    val, vfails = load_coded(val_files, cfg, progress=False)
+    desc = (f"{source.root} ({source.kind}): {len(train)} training images from {'+'.join(cfg.splits)}, "
+            f"{len(val)} held out for validation, JPEG Q{cfg.quality}, {'RGB' if cfg.colour else 'Y'}")
+    return TrainingSets(train, val, desc, h.hexdigest(), fails + vfails)

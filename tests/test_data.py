@@ -1,0 +1,112 @@
+"""Training patches: alignment with the coding grid, determinism, data resolution and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from otmlib import datasets, jpeg
+from otmlib.data import DataConfig, JpegPatchDataset, StreamSampler, code_image, load_coded, split_files
+
+
+@pytest.fixture(scope="module")
+def coded(camera, chelsea):
+    return [code_image("camera", camera, 10, False), code_image("chelsea", chelsea, 10, False)]
+
+
+def _loss_against_own_jpeg(s) -> float:
+    q = s["q"][None].double()
+    k = jpeg.quantised_indices(s["jpeg"][None].double(), q)
+    return jpeg.jpeg_loss(s["x"][None].double(), k, q).item()
+
+
+def test_aligned_patches_lie_in_their_intervals_misaligned_do_not(coded):
+    ds = JpegPatchDataset(coded, DataConfig(patch=64, seed=3))
+    by_flag = {True: [], False: []}
+    for i in range(160):
+        s = ds[i]
+        assert s["x"].shape == s["jpeg"].shape == (1, 64, 64) and s["q"].shape == (1, 8, 8)
+        by_flag[bool(s["aligned"])].append(_loss_against_own_jpeg(s))
+    aligned, misaligned = np.array(by_flag[True]), np.array(by_flag[False])
+    assert len(aligned) > 40 and len(misaligned) > 40
+    # an aligned ground-truth patch is a plausible original of its JPEG patch (eq. 5) up to
+    # the rare clipped coefficient; a misaligned one's blocks are not the coder's
+    assert np.median(aligned) == 0.0
+    assert np.median(misaligned) > 0.5
+    assert aligned.mean() < 0.1 * misaligned.mean()
+
+
+def test_transposed_patches_carry_the_transposed_table(coded):
+    ds = JpegPatchDataset(coded, DataConfig(patch=32, aligned_fraction=1.0, seed=1))
+    tables = {tuple(ds[i]["q"][0, 0, :2].tolist()) for i in range(40)}
+    q = jpeg.ijg_table(10)
+    assert tables == {(q[0, 0], q[0, 1]), (q[0, 0], q[1, 0])}
+    for i in range(40):  # every augmented aligned patch stays inside its (transformed) intervals
+        assert _loss_against_own_jpeg(ds[i]) < 1.0
+
+
+def test_samples_are_a_function_of_seed_and_index(coded):
+    a = JpegPatchDataset(coded, DataConfig(patch=32, seed=7))
+    b = JpegPatchDataset(coded, DataConfig(patch=32, seed=7))
+    c = JpegPatchDataset(coded, DataConfig(patch=32, seed=8))
+    for i in (0, 5, 123456):
+        assert torch.equal(a[i]["x"], b[i]["x"])
+    assert not all(torch.equal(a[i]["x"], c[i]["x"]) for i in range(5))
+    it = iter(StreamSampler(start=10, rank=1, world=2))
+    assert [next(it) for _ in range(3)] == [21, 23, 25]
+
+
+def test_colour_patches(chelsea):
+    im = code_image("c", chelsea, 10, True)
+    assert im.gt.shape == (3, 300, 451) and im.qtable.shape == (3, 8, 8)
+    s = JpegPatchDataset([im], DataConfig(patch=32, colour=True))[0]
+    assert s["x"].shape == (3, 32, 32) and s["q"].shape == (3, 8, 8)
+
+
+def test_bad_configs_and_files(coded, tmp_path, camera):
+    with pytest.raises(ValueError, match="multiple of 8"):
+        JpegPatchDataset(coded, DataConfig(patch=30))
+    with pytest.raises(ValueError, match="test is for evaluation only"):
+        split_files(tmp_path, ("train", "test"), 0)
+    for i in range(4):
+        Image.fromarray(camera).save(tmp_path / f"{i}.png")
+    (tmp_path / "9_broken.png").write_bytes(b"\x89PNG nope")
+    train, held = split_files(tmp_path, ("train",), 1)
+    assert len(held) == 1 and len(train) == 4
+    images, failures = load_coded(train, DataConfig(patch=32), progress=False)
+    assert len(images) == 3 and len(failures) == 1 and "9_broken.png" in failures[0]
+
+
+def test_resolution_order_and_offline_fallback(tmp_path, monkeypatch):
+    monkeypatch.delenv("OTM_DATA", raising=False)
+    monkeypatch.setattr(datasets, "_REPO_SHARED", tmp_path / "nowhere")
+    monkeypatch.setattr(datasets, "CACHE", tmp_path / "cache")
+    src = datasets.resolve_bsds500()
+    assert src.is_samples and "falling back" in src.message
+    monkeypatch.setenv("OTM_DATA", str(tmp_path))
+    assert datasets.resolve_bsds500().kind == "env"
+    assert datasets.resolve_bsds500(tmp_path).kind == "explicit"
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        datasets.resolve_bsds500(tmp_path / "missing")
+
+
+def test_download_offline_says_what_to_do(tmp_path):
+    with pytest.raises(ConnectionError, match="--data DIR or OTM_DATA"):
+        datasets.download_bsds500(tmp_path / "b", url="http://127.0.0.1:9/BSR_bsds500.tgz")
+    assert not (tmp_path / "b").exists()  # nothing half-written
+
+
+def test_manifest_verifies_shared_copy(shared_data):
+    root = shared_data / "BSDS500"
+    assert datasets.verify_bsds500(root) == []
+    assert len(datasets.bsds500_manifest()) == 500
+
+
+def test_manifest_detects_tampering(tmp_path):
+    entry = datasets.bsds500_manifest()[0]
+    (tmp_path / entry.file).parent.mkdir(parents=True)
+    (tmp_path / entry.file).write_bytes(b"x" * entry.nbytes)
+    problems = datasets.verify_bsds500(tmp_path, splits=(entry.file.split("/")[0],))
+    assert any("checksum differs" in p for p in problems) and any("missing" in p for p in problems)

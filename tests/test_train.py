@@ -1,0 +1,198 @@
+"""Trainers: bit-identical resume, NaN guard, atomic checkpoints, logs, export, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from otmlib import train as train_mod
+from otmlib.data import DataConfig, code_image
+from otmlib.models import GeneratorConfig
+from otmlib.train import TrainConfig, Trainer, TrainingDiverged, load_checkpoint
+from otmlib.zoo import export_generator, load_generator, read_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def images(camera, chelsea):
+    from skimage import data
+
+    train = [code_image("camera", camera, 10, False), code_image("chelsea", chelsea, 10, False)]
+    val = [code_image("coins", data.coins()[:96, :128], 10, False)]
+    return train, val
+
+
+def tiny(mode: str, out: Path, **kw) -> TrainConfig:
+    return TrainConfig(
+        mode=mode,
+        gen=GeneratorConfig(width=8, branch_units=1, agg_units=1),
+        data=DataConfig(patch=32, seed=1),
+        backbone="efficientnet-lite0",
+        batch_size=4,
+        steps=6,
+        epoch_samples=8,  # 2 steps per epoch: D joins at step 2
+        bf16=False,
+        log_every=1,
+        val_every=3,
+        ckpt_every=3,
+        out=str(out),
+        **kw,
+    )
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("mode", ["baseline", "one-to-many"])
+def test_resume_is_bit_identical(images, tmp_path, mode):
+    train, val = images
+    one = Trainer(tiny(mode, tmp_path / "one"), train, val, progress=False)
+    one.fit(6)
+    two = Trainer(tiny(mode, tmp_path / "two"), train, val, progress=False)
+    two.fit(3)
+    again = Trainer(tiny(mode, tmp_path / "two"), train, val, progress=False)
+    assert again.resume() and again.step == 3
+    again.fit(6)
+    assert _same_state(one.G.state_dict(), again.G.state_dict())
+    if mode == "one-to-many":
+        assert _same_state(one.D.state_dict(), again.D.state_dict())
+    # the log of the resumed run has each step once, and the same numbers
+    log_one = [r for r in one.read_log() if "lp" in r or "l2" in r]
+    log_two = [r for r in again.read_log() if "lp" in r or "l2" in r]
+    assert [r["step"] for r in log_two] == list(range(1, 7))
+    key = "l2" if mode == "baseline" else "lp"
+    assert [r[key] for r in log_one] == [r[key] for r in log_two]
+
+
+def test_log_records_losses_validation_speed_and_backbone(images, tmp_path):
+    train, val = images
+    t = Trainer(tiny("one-to-many", tmp_path), train, val, progress=False)
+    t.fit(4)
+    log = t.read_log()
+    start = log[0]
+    assert start["event"] == "start" and "efficientnet-lite0" in start["backbone"]
+    steps = [r for r in log if "lp" in r]
+    assert all({"lj", "total", "patches_per_s", "wall"} <= r.keys() for r in steps)
+    assert "ln" not in steps[0] and "ln" in steps[-1] and "d" in steps[-1]  # no D in epoch 0
+    vals = [r for r in log if "val_psnr" in r]
+    assert vals and 10 < vals[0]["val_psnr"] < 60 and "val_psnrb" in vals[0]
+
+
+def test_nan_stops_with_message_and_keeps_last_checkpoint(images, tmp_path):
+    train, val = images
+    t = Trainer(tiny("baseline", tmp_path), train, val, progress=False)
+    t.fit(3)
+    before = load_checkpoint(t.ckpt_path)
+    batch = next(iter(torch.utils.data.DataLoader(t.dataset, batch_size=4, sampler=range(4))))
+    batch["jpeg"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="last.pt"):
+        t.train_step(batch)
+    after = load_checkpoint(t.ckpt_path)
+    assert after["step"] == 3 and _same_state(before["G"], after["G"])
+
+
+def test_interrupted_save_leaves_previous_checkpoint(images, tmp_path, monkeypatch):
+    train, val = images
+    t = Trainer(tiny("baseline", tmp_path), train, val, progress=False)
+    t.fit(3)
+
+    def dying_save(obj, path):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod.torch, "save", dying_save)
+    t.step = 4
+    with pytest.raises(KeyboardInterrupt):
+        t.save()
+    assert load_checkpoint(t.ckpt_path)["step"] == 3
+
+
+@pytest.mark.slow
+def test_killed_process_leaves_loadable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("gen: {width: 8, branch_units: 1, agg_units: 1}\nckpt_every: 1\nbatch_size: 2\nlog_every: 1\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otmlib.cli", "train", "baseline", "--config", str(cfg), "--out", str(out),
+         "--steps", "100000", "--patch", "32", "--no-bf16"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "last.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.3)  # it is saving every step: the kill lands mid-run, maybe mid-write
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["step"] >= 1
+
+
+def test_export_and_load_release_weights(images, tmp_path):
+    train, val = images
+    t = Trainer(tiny("one-to-many", tmp_path / "run"), train, val, progress=False)
+    t.fit(3)
+    out = export_generator(load_checkpoint(t.ckpt_path), tmp_path / "m.safetensors",
+                           data_description="two samples", data_sha256="abc", scores={"psnr": 1.0})
+    meta = read_metadata(out)
+    assert meta["steps"] == "3" and meta["mode"] == "one-to-many" and "efficientnet-lite0" in meta["backbone"]
+    assert json.loads(meta["gen_config"])["width"] == 8 and meta["data_sha256"] == "abc"
+    G, _ = load_generator(out)
+    x = torch.rand(1, 1, 40, 48) * 255
+    t.G.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(G(x, seed=5), t.G(x, seed=5))
+    with pytest.raises(FileExistsError):
+        export_generator(load_checkpoint(t.ckpt_path), out, data_description="", data_sha256="")
+
+
+class _Evil:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_bad_weight_files_are_refused_without_unpickling(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(os.urandom(256))
+    with pytest.raises(ValueError, match="junk.safetensors: not a safetensors"):
+        load_generator(junk)
+    pickled = tmp_path / "evil.pt"
+    marker = tmp_path / "pwned"
+    torch.save({"x": _Evil(marker)}, pickled)  # a pickle that runs a command when unpickled
+    with pytest.raises(ValueError, match="evil.pt"):
+        load_checkpoint(pickled)
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="unknown model"):
+        load_generator("no-such-model")
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(tmp_path):
+    script = ROOT / "tests" / "scripts" / "ddp_train.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+         str(script), str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    sums = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert sums[0]["G"] == pytest.approx(sums[1]["G"], rel=0, abs=0)  # DDP kept the replicas equal
+    assert sums[0]["D"] == sums[1]["D"]
+    assert sums[0]["G"] != sums[0]["G_init"]  # and they did train
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 4
