@@ -30,12 +30,26 @@ def _identity(decoded: np.ndarray, qtable: np.ndarray) -> np.ndarray:
 RESTORERS: dict[str, Restorer] = {"jpeg": _identity}
 
 
+def model_restorer(name_or_path: str, seed: int = 0, bf16: bool = False) -> Restorer:
+    """A restorer from release weights (a shipped name or a .safetensors path); candidate ``seed``."""
+    from otmlib.restore import restore_luma
+    from otmlib.utils import default_device
+    from otmlib.zoo import load_generator
+
+    G, _ = load_generator(name_or_path, default_device())
+
+    def restore(decoded: np.ndarray, qtable: np.ndarray) -> np.ndarray:
+        return restore_luma(G, decoded, [seed], bf16=bf16)[0]
+
+    restore.__name__ = str(name_or_path)
+    return restore
+
+
 def get_restorer(name: str) -> Restorer:
-    """A restorer by name (``jpeg``: the decoded JPEG itself, Table 2's JPEG row)."""
-    try:
+    """``jpeg`` (the decoded JPEG itself, Table 2's JPEG row), or release weights by name or path."""
+    if name in RESTORERS:
         return RESTORERS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(RESTORERS))}") from None
+    return model_restorer(name)
 
 
 @dataclass
