@@ -8,7 +8,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: env demo test test-fast clean-env
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+
+.PHONY: env demo test test-fast notebooks clean-env
 
 env: $(STAMP)
 
@@ -18,11 +20,25 @@ $(STAMP): requirements.txt requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
+# The quickstart notebook, headless: restores a bundled photo with the shipped weights and writes
+# figures/quickstart.png (executed copy: outputs/notebooks/00_quickstart.ipynb).
 demo: $(STAMP)
-	$(BIN)/otm demo --out figures
+	@mkdir -p outputs/notebooks
+	$(BIN)/papermill --cwd notebooks notebooks/00_quickstart.ipynb outputs/notebooks/00_quickstart.ipynb
+	@echo "wrote figures/quickstart.png (and outputs/notebooks/00_quickstart.ipynb)"
 
+# Notebooks run too (nbval --nbval-lax), at smoke scale, writing figures to a temporary folder.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	OTM_SMOKE=1 OTM_FIGURES=$$(mktemp -d) $(BIN)/python -m pytest
+
+# Execute every notebook headless at student scale into outputs/notebooks (figures -> figures/).
+# Paper scale: $(BIN)/papermill notebooks/NN_x.ipynb out.ipynb -f configs/paper/NN_x.yaml
+notebooks: $(STAMP)
+	@mkdir -p outputs/notebooks
+	@for nb in $(NOTEBOOKS); do \
+		echo "papermill $$nb"; \
+		$(BIN)/papermill --cwd notebooks "$$nb" "outputs/$$nb" || exit 1; \
+	done
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"

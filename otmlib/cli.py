@@ -122,9 +122,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"backbone: {trainer.backbone_note}", file=sys.stderr)
     if args.resume and trainer.resume():
         print(f"resumed {out / 'last.pt'} at step {trainer.step}", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data.json").write_text(json.dumps({"description": sets.description, "sha256": sets.sha256}, indent=1))
     trainer.fit()
-    meta = out / "data.json"
-    meta.write_text(json.dumps({"description": sets.description, "sha256": sets.sha256}, indent=1))
     print(f"done: step {trainer.step}, checkpoint {trainer.ckpt_path}, log {trainer.log_path}", file=sys.stderr)
     return 0
 

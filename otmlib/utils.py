@@ -22,3 +22,17 @@ def default_device() -> torch.device:
     if forced:
         return torch.device(forced)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def smoke_test() -> bool:
+    """True under CI or ``OTM_SMOKE=1``: notebooks shrink their work but run every code path."""
+    return bool(os.environ.get("CI") or os.environ.get("OTM_SMOKE"))
+
+
+def figures_dir() -> "Path":
+    """Where notebooks write figures: ``OTM_FIGURES`` if set (tests), else the repo's ``figures/``."""
+    from pathlib import Path
+
+    d = Path(os.environ.get("OTM_FIGURES") or Path(__file__).resolve().parents[1] / "figures")
+    d.mkdir(parents=True, exist_ok=True)
+    return d

@@ -69,6 +69,7 @@ def export_generator(
     tmp = out.with_name(out.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(out)
+    out.chmod(0o644)  # package data: readable by every user
     return out
 
 
