@@ -172,3 +172,24 @@ def sample_images() -> dict[str, "object"]:
         except Exception:  # noqa: BLE001 - some samples need an optional download (pooch)
             continue
     return out
+
+
+def benchmark_image(set_name: str, stem: str) -> tuple["object", str]:
+    """An image of a benchmark set by file stem, e.g. ("BSDS500/test", "6046") or ("Set14", "baboon").
+
+    Looks under ``OTM_DATA``'s parent sets, ``../shared/data`` and the cache; returns
+    ``(uint8 array, where)``. Offline with none of these, a bundled scikit-image photo stands in
+    and ``where`` says so (figures then show a different image than the paper's).
+    """
+    from otmlib.imageio import IMAGE_SUFFIXES, load_image
+
+    roots = [Path(os.environ["OTM_DATA"]).parent] if os.environ.get("OTM_DATA") else []
+    roots += [_REPO_SHARED, CACHE]
+    for root in roots:
+        for suffix in IMAGE_SUFFIXES:
+            p = root / set_name / f"{stem}{suffix}"
+            if p.is_file():
+                return load_image(p), str(p)
+    samples = sample_images()
+    name = sorted(samples)[sum(map(ord, stem)) % len(samples)]
+    return samples[name], f"scikit-image '{name}' (standing in for {set_name}/{stem}: not found offline)"

@@ -138,3 +138,33 @@ def evaluate(
         report.scores.append(ImageScore(path.name, **score_image(y, quality, restorer)))
         bar.set_postfix(psnr=f"{report.mean('psnr'):.2f}", refresh=False)
     return report
+
+
+# Table 2 of the paper as printed: (quality, approach) -> (PSNR dB, SSIM, PSNR-B dB)
+PAPER_TABLE2: dict[tuple[int, str], tuple[float, float, float]] = {
+    (5, "JPEG"): (25.36, 0.6764, 22.91), (5, "ARCNN"): (26.72, 0.7256, 26.48),
+    (5, "TNRD"): (26.81, 0.7279, 26.65), (5, "DDCN"): (26.98, 0.7333, 26.76),
+    (5, "Baseline"): (27.12, 0.7406, 26.87),
+    (10, "JPEG"): (27.80, 0.7875, 25.10), (10, "ARCNN"): (29.10, 0.8198, 28.73),
+    (10, "TNRD"): (29.16, 0.8225, 28.81), (10, "DDCN"): (29.59, 0.8381, 29.18),
+    (10, "Baseline"): (29.56, 0.8352, 29.10),
+    (20, "JPEG"): (30.05, 0.8671, 27.22), (20, "ARCNN"): (31.28, 0.8854, 30.55),
+    (20, "TNRD"): (31.41, 0.8889, 30.83), (20, "DDCN"): (31.88, 0.8996, 31.10),
+    (20, "Baseline"): (31.89, 0.8977, 31.04),
+}
+
+
+def table2_frame(ours: dict[tuple[int, str], dict], cpu_hours: dict[str, float] | None = None):
+    """The paper's printed rows beside ours, as a pandas DataFrame (one row per quality x approach).
+
+    ``ours`` maps ``(quality, name)`` to an :meth:`EvalReport.summary`-like dict; ``cpu_hours``
+    maps our row names to the training CPU-hours behind them.
+    """
+    import pandas as pd
+
+    rows = [dict(quality=q, approach=a, source="paper", psnr=v[0], ssim=v[1], psnrb=v[2], n=200, cpu_hours=None)
+            for (q, a), v in PAPER_TABLE2.items()]
+    for (q, name), s in ours.items():
+        rows.append(dict(quality=q, approach=name, source="ours", psnr=s["psnr"], ssim=s["ssim"],
+                         psnrb=s["psnrb"], n=s["n"], cpu_hours=(cpu_hours or {}).get(name)))
+    return pd.DataFrame(rows).sort_values(["quality", "source", "approach"], kind="stable").reset_index(drop=True)

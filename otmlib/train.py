@@ -174,6 +174,7 @@ class Trainer:
         self.dataset = JpegPatchDataset(train_images, cfg.data)
         self.step = 0
         self.wall = 0.0  # seconds of training, summed over resumed runs
+        self.cpu = 0.0  # CPU-seconds: wall seconds times the torch threads of each run
         self.backbone_note = self.perceptual.describe() if self.perceptual else "none (per-pixel L2 baseline)"
 
     # ---------------------------------------------------------------- checkpoints
@@ -186,6 +187,7 @@ class Trainer:
             "format": "otm-checkpoint-1",
             "step": self.step,
             "wall": self.wall,
+            "cpu": self.cpu,
             "config": self.cfg.to_dict(),
             "backbone": self.backbone_note,
             "G": self.G.state_dict(),
@@ -224,6 +226,7 @@ class Trainer:
             self.D.load_state_dict(ck["D"])
             self.optD.load_state_dict(ck["optD"])
         self.step, self.wall = int(ck["step"]), float(ck["wall"])
+        self.cpu = float(ck.get("cpu", ck["wall"]))  # runs before this field existed used one thread
         self._truncate_log(self.step)
         return True
 
@@ -383,7 +386,9 @@ class Trainer:
                 batch = next(it)
                 ts = time.monotonic()
                 rec = self.train_step(batch)
-                self.wall += time.monotonic() - ts
+                dt_step = time.monotonic() - ts
+                self.wall += dt_step
+                self.cpu += dt_step * torch.get_num_threads()
                 self.step += 1
                 n_since += 1
                 bar.update(1)
@@ -391,7 +396,7 @@ class Trainer:
                     dt = time.monotonic() - t0
                     rec.update(step=self.step, epoch=self.step // self.steps_per_epoch,
                                patches_per_s=n_since * cfg.batch_size * self.world / max(dt, 1e-9),
-                               wall=self.wall)
+                               wall=self.wall, cpu_hours=self.cpu / 3600)
                     t0, n_since = time.monotonic(), 0
                     bar.set_postfix({k: f"{v:.3g}" for k, v in rec.items() if k in ("l2", "lp", "ln", "lj", "d", "patches_per_s")})
                     self._write_log(rec)
@@ -399,7 +404,7 @@ class Trainer:
                     for cb in self.callbacks:
                         getattr(cb, "on_log", lambda *a: None)(self, rec)
                 if self.is_main and (self.step % cfg.val_every == 0 or self.step == target) and self.val_images:
-                    v = {"step": self.step, "wall": self.wall, **self.validate()}
+                    v = {"step": self.step, "wall": self.wall, "cpu_hours": self.cpu / 3600, **self.validate()}
                     self._write_log(v)
                     records.append(v)
                     for cb in self.callbacks:
@@ -411,3 +416,21 @@ class Trainer:
         finally:
             bar.close()
         return records
+
+
+def training_curve(log_path: str | Path):
+    """Validation records of a run's log as a DataFrame: step, wall hours, CPU-hours, val PSNR/PSNR-B.
+
+    CPU-hours are wall seconds times the torch threads in use (the cores kept busy), summed over
+    resumed runs, so runs with different thread counts compare.
+    """
+    import pandas as pd
+
+    records = [json.loads(ln) for ln in Path(log_path).read_text().splitlines() if ln.strip()]
+    threads = next((r.get("threads", 1) for r in records if r.get("event") == "start"), 1)
+    vals = [r for r in records if "val_psnr" in r]
+    df = pd.DataFrame(vals, columns=["step", "wall", "cpu_hours", "val_psnr", "val_psnrb", "val_psnr_jpeg"])
+    df["hours"] = df["wall"] / 3600
+    missing = df["cpu_hours"].isna()  # older records: wall time times the threads at the start
+    df.loc[missing, "cpu_hours"] = df.loc[missing, "hours"] * threads
+    return df

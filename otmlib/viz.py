@@ -65,3 +65,53 @@ def blocking_figure(img: np.ndarray, quality: int = 10, crop: int = 96) -> Figur
         ax.set_yticks([])
     fig.suptitle(f"What JPEG quality {quality} does to a photo ({comp.nbytes / 1024:.1f} KiB, {8 * comp.nbytes / (h * w):.2f} bits/pixel)")
     return fig
+
+
+def crop_box(shape: tuple[int, int], size: int, center: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int, int]:
+    """A square crop ``(top, left, size)`` at a relative centre, clipped to the image."""
+    h, w = shape[:2]
+    size = min(size, h, w)
+    top = int(min(max(center[0] * h - size / 2, 0), h - size))
+    left = int(min(max(center[1] * w - size / 2, 0), w - size))
+    return top, left, size
+
+
+def compare_figure(
+    panels: dict[str, np.ndarray],
+    box: tuple[int, int, int] | None = None,
+    reference: str | None = None,
+    title: str = "",
+    panel_width: float = 3.2,
+) -> Figure:
+    """Images side by side (row 1) with a zoomed crop of each (row 2).
+
+    ``panels`` maps a caption to an 8-bit image (grey or RGB, all the same size). With
+    ``reference`` (a key of ``panels``), captions get each panel's PSNR / PSNR-B against it on
+    the luminance, as the paper's Figs. 5-6 do.
+    """
+    from matplotlib.patches import Rectangle
+
+    names = list(panels)
+    first = panels[names[0]]
+    box = box or crop_box(first.shape, min(first.shape[:2]) // 3)
+    top, left, size = box
+    fig = Figure(figsize=(panel_width * len(names), 2 * panel_width * 0.9), layout="constrained")
+    axes = fig.subplots(2, len(names), squeeze=False)
+    ref_y = jpeg.luminance(panels[reference]) if reference else None
+    for j, name in enumerate(names):
+        img = panels[name]
+        kw = {"cmap": "gray", "vmin": 0, "vmax": 255} if img.ndim == 2 else {}
+        caption = name
+        if ref_y is not None and name != reference:
+            y = jpeg.luminance(img)
+            caption += f"\n{psnr(ref_y, y):.2f} / {psnr_b(ref_y, y):.2f} dB"
+        axes[0, j].imshow(img, **kw)
+        axes[0, j].add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False, ec="#ffcc00", lw=1.2))
+        axes[0, j].set_title(caption, fontsize=9)
+        axes[1, j].imshow(img[top : top + size, left : left + size], interpolation="nearest", **kw)
+        for ax in axes[:, j]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    return fig

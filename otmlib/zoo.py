@@ -56,6 +56,7 @@ def export_generator(
         "quality": str(cfg["data"]["quality"]),
         "steps": str(checkpoint["step"]),
         "wall_seconds": f"{checkpoint['wall']:.0f}",
+        "cpu_hours": f"{checkpoint.get('cpu', checkpoint['wall']) / 3600:.2f}",
         "backbone": checkpoint.get("backbone", ""),
         "data": data_description,
         "data_sha256": data_sha256,
