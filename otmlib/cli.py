@@ -235,6 +235,26 @@ def _is_jpeg(path: Path) -> bool:
         return False
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from otmlib import datasets
+
+    if args.action == "where":
+        print(datasets.resolve_bsds500(args.dir).message)
+        return 0
+    if args.action == "download":
+        dest = datasets.download_bsds500(Path(args.dir) if args.dir else None)
+        print(f"BSDS500 verified at {dest} (500 files, SHA-256 manifest)")
+        return 0
+    src = datasets.resolve_bsds500(args.dir)
+    if src.is_samples:
+        raise ValueError(src.message)
+    problems = datasets.verify_bsds500(src.root)
+    for p in problems:
+        print(f"otm: {p}", file=sys.stderr)
+    print(f"{src.root}: " + ("all 500 files match the BSDS500 release" if not problems else f"{len(problems)} problem(s)"))
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="otm",
@@ -319,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list the shipped weights and their provenance")
     m.set_defaults(func=_cmd_models)
+
+    dt = sub.add_parser("data", help="find, download or verify BSDS500")
+    dt.add_argument("action", choices=("where", "download", "verify"),
+                    help="where: which data training would use; download: fetch the official release "
+                    "and check every file's SHA-256; verify: check a copy")
+    dt.add_argument("dir", nargs="?", help="folder (default: the usual search order / ~/.cache/otm/BSDS500)")
+    dt.set_defaults(func=_cmd_data)
 
     i = sub.add_parser("info", help="print a JPEG file's quantisation tables and layout")
     i.add_argument("files", nargs="+", help="JPEG files")

@@ -110,3 +110,22 @@ def test_manifest_detects_tampering(tmp_path):
     (tmp_path / entry.file).write_bytes(b"x" * entry.nbytes)
     problems = datasets.verify_bsds500(tmp_path, splits=(entry.file.split("/")[0],))
     assert any("checksum differs" in p for p in problems) and any("missing" in p for p in problems)
+
+
+def test_workers_give_the_same_batches(coded):
+    from torch.utils.data import DataLoader
+
+    ds = JpegPatchDataset(coded, DataConfig(patch=32, seed=2))
+    batches = []
+    for workers in (0, 2):
+        loader = DataLoader(ds, batch_size=4, sampler=StreamSampler(start=6), num_workers=workers)
+        it = iter(loader)
+        batches.append([next(it)["x"] for _ in range(3)])
+    assert all(torch.equal(a, b) for a, b in zip(*batches))
+
+
+def test_cli_data_commands(shared_data, capsys):
+    from otmlib.cli import main
+
+    assert main(["data", "verify", str(shared_data / "BSDS500")]) == 0
+    assert "all 500 files match" in capsys.readouterr().out
