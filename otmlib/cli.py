@@ -355,11 +355,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from otmlib.losses import BackboneUnavailable
+    from otmlib.train import TrainingDiverged
+
     try:
         return args.func(args)
-    except (ImageError, ValueError, FileExistsError, FileNotFoundError, ConnectionError) as e:
+    except (ImageError, ValueError, FileExistsError, FileNotFoundError, ConnectionError, BackboneUnavailable) as e:
         print(f"otm: error: {e}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        print(f"otm: training stopped: {e}", file=sys.stderr)
+        return 3
     except BrokenPipeError:  # e.g. `otm info f.jpg | head`
         sys.stderr.close()
         return 0
