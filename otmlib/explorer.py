@@ -157,7 +157,7 @@ class NoiseExplorer:
             raise ValueError(f"ground truth {ground_truth.shape} and JPEG {decoded.shape} differ in shape")
         if mode not in INTERPOLATIONS:
             raise ValueError(f"mode must be one of {INTERPOLATIONS}, got {mode!r}")
-        self.model = model.eval()
+        self.model = model.eval()  # both models are put in eval mode: BatchNorm uses its running statistics
         self.decoded = decoded
         self.ground_truth = ground_truth
         self.qtable = qtable
@@ -229,9 +229,18 @@ class NoiseExplorer:
             return full
         return {k: crop(v, cy, cx, size) for k, v in full.items()}
 
-    def render(self, *args, factor: int = 2, **kwargs) -> dict[str, bytes]:
-        """:meth:`panels` (same arguments) as PNG bytes zoomed by ``factor``, for image widgets."""
-        return {k: to_png(v, factor) for k, v in self.panels(*args, **kwargs).items()}
+    def render(
+        self,
+        seed_a: int,
+        seed_b: int | None = None,
+        t: float = 0.0,
+        cy: float = 0.5,
+        cx: float = 0.5,
+        size: int | None = None,
+        factor: int = 2,
+    ) -> dict[str, bytes]:
+        """:meth:`panels` as PNG bytes, enlarged ``factor`` times: the values of image widgets."""
+        return {k: to_png(v, factor) for k, v in self.panels(seed_a, seed_b, t, cy, cx, size).items()}
 
     def gallery(self, seeds: list[int]) -> dict[str, np.ndarray]:
         """Whole images: ground truth (if known), JPEG, baseline (if given), one candidate per seed."""
@@ -260,7 +269,10 @@ class NoiseExplorer:
         if self.current_params is None:
             return "no candidate yet"
         a, b, t = self.current_params
-        z = f"z = seed {a}" if a == b or t == 0 else f"z = seed {b}" if t == 1 else f"z between seeds {a} and {b}, t = {t:.2f}"
+        if a == b or t in (0.0, 1.0):
+            z = f"z = seed {b if t == 1.0 else a}"
+        else:
+            z = f"z between seeds {a} and {b}, t = {t:.2f} ({self.mode})"
         s = self.stats()
         parts = [z]
         if "psnr" in s:

@@ -50,6 +50,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     weights: LossWeights = field(default_factory=LossWeights)
     backbone: str = "vgg19"  # perceptual-loss network (the paper's); "efficientnet-lite0" offline
+    d_width: int = 64  # D's first filter count (Table 1: 64-128-256-512); smaller for student scale
     batch_size: int = 16
     steps: int = 10_000  # total optimiser steps of G
     epoch_samples: int = 20_000  # patches per "epoch" (the first one trains G alone)
@@ -157,7 +158,8 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.G = Generator(cfg.gen).to(self.device)
-        self.D = Discriminator(cfg.gen.channels).to(self.device) if cfg.mode == "one-to-many" else None
+        self.D = (Discriminator(cfg.gen.channels, width=cfg.d_width).to(self.device)
+                  if cfg.mode == "one-to-many" else None)
         if cfg.channels_last:
             self.G = self.G.to(memory_format=torch.channels_last)
         self.optG = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
@@ -214,7 +216,7 @@ class Trainer:
         if ck.get("format") != "otm-checkpoint-1":
             raise ValueError(f"{path}: not an otm training checkpoint")
         saved = TrainConfig.from_dict(ck["config"])
-        for name in ("mode", "gen", "data"):
+        for name in ("mode", "gen", "data", "d_width"):
             if getattr(saved, name) != getattr(self.cfg, name):
                 raise ValueError(
                     f"{path}: checkpoint was trained with a different {name} "
