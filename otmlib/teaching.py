@@ -21,13 +21,13 @@ Everything else the notebooks call lives in the library proper (``jpeg``, ``data
 from __future__ import annotations
 
 import collections
-import math
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
@@ -39,7 +39,9 @@ from otmlib.imageio import list_images, load_image
 from otmlib.metrics import all_metrics, psnr, psnr_b
 from otmlib import models
 from otmlib.models import Discriminator, Generator, GeneratorConfig
+from otmlib.losses import LossWeights
 from otmlib.restore import interval_share, restore_luma, texture_ratio
+from otmlib.train import TrainConfig, Trainer
 
 __all__ = [
     "find_data",
@@ -51,6 +53,7 @@ __all__ = [
     "most_detailed_block",
     "plot_block_intervals",
     "zero_share",
+    "block_coefficients",
     "patch_report",
     "SameJpegBlocks",
     "same_jpeg_blocks",
@@ -60,7 +63,9 @@ __all__ = [
     "deconv_constant",
     "grid_strength",
     "candidate_stats",
+    "textured_box",
     "train_small",
+    "AblationRuns",
     "choose_weight",
 ]
 
@@ -132,7 +137,8 @@ def training_images(
     train_files, val_files = split_files(source.root, cfg.splits, cfg.val_holdout)
     train, _ = load_coded(train_files[:max_images], cfg, progress=False)
     val, _ = load_coded(val_files, cfg, progress=False)
-    return train, val, f"{len(train)} training images from {source.root}, {len(val)} for validation, JPEG Q{quality}"
+    desc = f"{len(train)} training images from {source.root}, {len(val)} for validation, JPEG Q{quality}"
+    return train, val, desc
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,7 +232,15 @@ def zero_share(decoded: np.ndarray, qtable: np.ndarray) -> np.ndarray:
     return (k == 0).double().mean(dim=(0, 1)).numpy()
 
 
-def patch_report(dataset: JpegPatchDataset, n: int = 16) -> "object":
+def block_coefficients(blocks: np.ndarray) -> np.ndarray:
+    """``C(x)`` of eq. (4) for a stack of 8x8 pixel blocks: (n, 8, 8) -> (n, 8, 8), DCT of pixels - 128."""
+    b = torch.from_numpy(np.asarray(blocks, dtype=np.float64))
+    if b.shape[-2:] != (8, 8):
+        raise ValueError(f"expected (n, 8, 8) blocks, got shape {tuple(b.shape)}")
+    return jpeg.block_dct(b - 128.0)[..., 0, 0, :, :].numpy()
+
+
+def patch_report(dataset: JpegPatchDataset, n: int = 16) -> pd.DataFrame:
     """JPEG loss (eq. 6) and in-interval share of the *ground truth* of ``n`` training patches.
 
     Returns a pandas DataFrame with one row per patch: ``aligned``, ``jpeg_loss`` (of ``x``
@@ -236,8 +250,6 @@ def patch_report(dataset: JpegPatchDataset, n: int = 16) -> "object":
     one's blocks straddle the coder's, and the "intervals" computed from them constrain
     nothing real: the ground truth falls outside (except in flat patches, where any grid fits).
     """
-    import pandas as pd
-
     rows = []
     for i in range(n):
         s = dataset[i]
@@ -329,7 +341,7 @@ class LossPlot:
         if self.live and len(self.records) % self.every == 0:
             self._show()
 
-    def on_val(self, trainer, record: dict) -> None:  # noqa: D401 - validation is printed by the notebook
+    def on_val(self, trainer, record: dict) -> None:  # validation is printed by the notebook
         pass
 
     def _show(self) -> None:
@@ -372,7 +384,7 @@ def generator_restorer(G: Generator, seed: int = 0) -> Callable[[np.ndarray, np.
 
 
 def score_table(images: Mapping[str, np.ndarray], quality: int,
-                restorers: Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]) -> "object":
+                restorers: Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]) -> pd.DataFrame:
     """Table 2's protocol on ``images`` (name -> 8-bit luminance) for every restorer.
 
     Each image is compressed at ``quality`` with :func:`otmlib.jpeg.compress`, restored, and scored
@@ -380,8 +392,6 @@ def score_table(images: Mapping[str, np.ndarray], quality: int,
     :func:`otmlib.evaluate.score_image` does. Returns a long DataFrame: image, method, psnr, ssim,
     psnrb, texture (gradient energy over the original's, :func:`otmlib.restore.texture_ratio`).
     """
-    import pandas as pd
-
     rows = []
     for name, y in images.items():
         comp = jpeg.compress(y, quality)
@@ -444,18 +454,41 @@ def candidate_stats(out: np.ndarray, gt: np.ndarray, decoded: np.ndarray, qtable
     ``psnr``/``psnrb`` against ``gt``; ``inside``: share of DCT coefficients inside the JPEG's
     intervals (:func:`otmlib.restore.interval_share`, eq. 5); ``shift``: mean brightness minus the
     JPEG's (grey levels); ``contrast``: std over the JPEG's std (1 = same contrast); ``texture``:
-    gradient energy over ``gt``'s; ``grid``: :func:`grid_strength` at period 2.
+    gradient energy over ``gt``'s; ``grid``: :func:`grid_strength` at period 2; ``lj``: the JPEG
+    loss of eq. (6) itself (mean squared excess over the intervals, DCT units squared).
     """
     o, d = out.astype(np.float64), decoded.astype(np.float64)
+    k = jpeg.quantised_indices(_t(d), qtable)
     return {
         "psnr": psnr(gt, out),
         "psnrb": psnr_b(gt, out),
         "inside": interval_share(out, decoded, qtable),
+        "lj": float(jpeg.jpeg_loss(_t(o), k, qtable)),
         "shift": float(o.mean() - d.mean()),
         "contrast": float(o.std() / max(d.std(), 1e-12)),
         "texture": texture_ratio(out, gt),
         "grid": grid_strength(out),
     }
+
+
+def textured_box(img: np.ndarray, size: int, step: int = 8) -> tuple[int, int, int]:
+    """The ``size`` x ``size`` crop ``(top, left, size)`` of most gradient energy, origin on a ``step`` grid.
+
+    Where over-smoothing shows: a flat sky looks the same blurred or not.
+    """
+    g = np.asarray(img, dtype=np.float64)
+    gy, gx = np.gradient(g)
+    mag = np.hypot(gx, gy)
+    size = min(size, *g.shape[:2])
+    integral = np.pad(mag.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    best, box = -1.0, (0, 0, size)
+    for top in range(0, g.shape[0] - size + 1, step):
+        for left in range(0, g.shape[1] - size + 1, step):
+            e = (integral[top + size, left + size] - integral[top, left + size]
+                 - integral[top + size, left] + integral[top, left])
+            if e > best:
+                best, box = e, (top, left, size)
+    return box
 
 
 def train_small(
@@ -467,6 +500,7 @@ def train_small(
     l2: float = 0.1,
     l3: float = 0.1,
     shift_and_average: bool = True,
+    residual: bool = True,
     quality: int = 10,
     width: int = 16,
     branch_units: int = 1,
@@ -481,7 +515,7 @@ def train_small(
     out: str | Path | None = None,
     callbacks: Sequence = (),
     progress: bool = False,
-) -> "object":
+) -> Trainer:
     """Train a tiny G (and D) for ``steps`` steps and return the :class:`otmlib.train.Trainer`.
 
     The paper's procedure (Sec. 3.4) at toy scale: ``L = L_p + l2 L_n + l3 L_j`` (eq. 7) with
@@ -489,18 +523,18 @@ def train_small(
     ``l2 = 0`` never builds a D step (``L_n`` would carry no weight); ``mode="baseline"`` trains
     the per-pixel L2 baseline instead (``l2``, ``l3`` and ``backbone`` unused). D is Table 1's
     network with ``d_width`` filters in its first unit instead of 64 (64 costs 6x the time at
-    this scale). Checkpoints and the log go to ``out`` (a temporary folder by default).
+    this scale). ``residual=False`` makes G predict the image itself rather than a correction
+    of ``x'`` (:class:`otmlib.models.GeneratorConfig`), as the paper's G does: then nothing but
+    the losses ties the output's brightness and contrast to the input's. Checkpoints and the
+    log go to ``out``; by default to a temporary folder that is deleted with the trainer.
     """
-    from otmlib.losses import LossWeights
-    from otmlib.train import TrainConfig, Trainer
-
     steps = int(steps)
     uses_d = mode == "one-to-many" and l2 > 0
     first_epoch = max(1, int(d_start * steps)) if uses_d else steps + 1
     cfg = TrainConfig(
         mode=mode,
         gen=GeneratorConfig(width=width, branch_units=branch_units, agg_units=agg_units,
-                            shift_and_average=shift_and_average),
+                            shift_and_average=shift_and_average, residual=residual),
         data=DataConfig(quality=quality, patch=patch, seed=seed),
         weights=LossWeights(1.0, l2, l3),
         backbone=backbone,
@@ -513,20 +547,80 @@ def train_small(
         val_every=max(1, steps),
         ckpt_every=10**9,
         ckpt_minutes=1e9,
-        out=str(out or tempfile.mkdtemp(prefix="otm-small-")),
+        out=str(out or (tmp := tempfile.TemporaryDirectory(prefix="otm-small-")).name),
         seed=seed,
     )
     trainer = Trainer(cfg, train, val, callbacks, progress=progress)
+    if out is None:
+        trainer.tmpdir = tmp  # removed with the trainer (or at exit), not before: its log stays readable
     if trainer.D is not None:
         torch.manual_seed(seed + 1)
         trainer.D = Discriminator(cfg.gen.channels, width=d_width).to(trainer.device)
         trainer.optD = torch.optim.Adam(trainer.D.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2))
     trainer.fit(steps)
+    if out is None:  # nobody resumes a throw-away run: keep the log, drop the checkpoint (MBs)
+        trainer.ckpt_path.unlink(missing_ok=True)
     trainer.G.eval()
     return trainer
 
 
-def choose_weight(table, weight: str, score: str, tol: float) -> float:
+class AblationRuns:
+    """Small trainings of G for the ablations, each run once and measured on the same images.
+
+    ``get(l2, l3, shift_and_average)`` trains (see :func:`train_small`, with ``train_kwargs``) or
+    returns the cached run; ``outputs`` restores every evaluation image with it; ``stats`` is the
+    mean of :func:`candidate_stats` over the images; ``table`` one row per labelled run.
+    ``images`` maps names to 8-bit luminance; each is compressed once at ``quality``.
+    """
+
+    def __init__(self, train: Sequence[CodedImage], val: Sequence[CodedImage],
+                 images: Mapping[str, np.ndarray], quality: int = 10, **train_kwargs):
+        self.train, self.val = list(train), list(val)
+        self.quality = quality
+        self.train_kwargs = train_kwargs
+        self.images = dict(images)
+        self.coded = {n: jpeg.compress(y, quality) for n, y in self.images.items()}
+        self._runs: dict[tuple, Trainer] = {}
+        self._outputs: dict[tuple, dict[str, np.ndarray]] = {}
+
+    @staticmethod
+    def key(l2: float, l3: float, shift_and_average: bool = True) -> tuple[float, float, bool]:
+        return (float(l2), float(l3), bool(shift_and_average))
+
+    def get(self, l2: float, l3: float, shift_and_average: bool = True) -> Trainer:
+        k = self.key(l2, l3, shift_and_average)
+        if k not in self._runs:
+            self._runs[k] = train_small(self.train, self.val, l2=k[0], l3=k[1], shift_and_average=k[2],
+                                        quality=self.quality, **self.train_kwargs)
+        return self._runs[k]
+
+    def outputs(self, l2: float, l3: float, shift_and_average: bool = True) -> dict[str, np.ndarray]:
+        k = self.key(l2, l3, shift_and_average)
+        if k not in self._outputs:
+            restore = generator_restorer(self.get(*k).G)
+            self._outputs[k] = {n: restore(c.pixels, c.luma_table) for n, c in self.coded.items()}
+        return self._outputs[k]
+
+    def stats(self, l2: float, l3: float, shift_and_average: bool = True) -> dict[str, float]:
+        outs = self.outputs(l2, l3, shift_and_average)
+        rows = [candidate_stats(outs[n], self.images[n], c.pixels, c.luma_table) for n, c in self.coded.items()]
+        return {m: float(np.mean([r[m] for r in rows])) for m in rows[0]}
+
+    def jpeg_stats(self) -> dict[str, float]:
+        """The same measurements on the JPEG itself, the row to compare with."""
+        rows = [candidate_stats(c.pixels, self.images[n], c.pixels, c.luma_table) for n, c in self.coded.items()]
+        return {m: float(np.mean([r[m] for r in rows])) for m in rows[0]}
+
+    def table(self, runs: Mapping[str, tuple]) -> pd.DataFrame:
+        """DataFrame, one row per ``label -> (l2, l3[, shift_and_average])``, with the weights and stats."""
+        rows = []
+        for label, args in runs.items():
+            k = self.key(*args)
+            rows.append({"run": label, "l2": k[0], "l3": k[1], "shift_and_average": k[2], **self.stats(*k)})
+        return pd.DataFrame(rows).set_index("run")
+
+
+def choose_weight(table: pd.DataFrame, weight: str, score: str, tol: float) -> float:
     """The smallest ``weight`` whose ``score`` is within ``tol`` of the best score (higher is better).
 
     ``table`` is a DataFrame with one row per trained weight. The rule for a loss weight: take

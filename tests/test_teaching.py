@@ -103,6 +103,15 @@ def test_block_view_against_scipy_dct(camera):
     np.testing.assert_array_equal(v.original, y[24:32, 40:48])
 
 
+def test_block_coefficients_against_scipy():
+    blocks = np.random.default_rng(2).integers(0, 256, (3, 8, 8))
+    got = teaching.block_coefficients(blocks)
+    for b, c in zip(blocks, got):
+        np.testing.assert_allclose(c, dctn(b - 128.0, norm="ortho"), atol=1e-9)
+    with pytest.raises(ValueError):
+        teaching.block_coefficients(np.zeros((2, 4, 4)))
+
+
 def test_most_detailed_block_finds_the_textured_one():
     img = np.full((32, 48), 120, np.uint8)
     rng = np.random.default_rng(0)
@@ -221,12 +230,22 @@ def test_candidate_stats(camera):
     comp = jpeg.compress(y, 10)
     same = teaching.candidate_stats(comp.pixels, y, comp.pixels, comp.luma_table)
     assert same["shift"] == 0 and same["contrast"] == pytest.approx(1.0) and same["inside"] > 0.99
+    assert same["lj"] < 1e-3
     assert same["psnr"] == pytest.approx(score_image(y, 10, lambda d, q: d)["psnr"])
     brighter = np.clip(comp.pixels.astype(int) + 10, 0, 255).astype(np.uint8)
     moved = teaching.candidate_stats(brighter, y, comp.pixels, comp.luma_table)
     clipped = (comp.pixels > 245).mean()
     assert moved["shift"] == pytest.approx(10, abs=10 * clipped + 1e-9)
-    assert moved["inside"] < same["inside"]
+    assert moved["inside"] < same["inside"] and moved["lj"] > 1
+
+
+def test_textured_box_finds_the_texture():
+    img = np.full((96, 128), 100.0)
+    img[40:56, 72:88] = np.random.default_rng(0).integers(0, 256, (16, 16))
+    top, left, size = teaching.textured_box(img, 24)
+    assert size == 24 and top % 8 == 0 and left % 8 == 0
+    assert top <= 40 and top + size >= 56 and left <= 72 and left + size >= 88
+    assert teaching.textured_box(img, 500) == (0, 0, 96)
 
 
 @pytest.mark.slow
@@ -243,6 +262,30 @@ def test_train_small_variants(camera, chelsea):
     assert all("d" not in r for r in lp_only.read_log())
     base = teaching.train_small(train, mode="baseline", steps=2, batch_size=2, width=8)
     assert base.D is None and any("l2" in r for r in base.read_log())
+    folder = base.out
+    assert (folder / "log.jsonl").exists() and not (folder / "last.pt").exists()
+    del base
+    import gc
+
+    gc.collect()
+    assert not folder.exists(), "the default output folder goes with the trainer"
+
+
+@pytest.mark.slow
+def test_ablation_runs_cache_and_measure(camera, chelsea):
+    train = [code_image("camera", camera, 10, False), code_image("chelsea", chelsea, 10, False)]
+    images = {"cam": camera[:64, :96], "cat": jpeg.luminance(chelsea)[:80, :64]}
+    runs = teaching.AblationRuns(train, [], images, quality=10, steps=2, batch_size=2, width=8)
+    a = runs.get(0.0, 0.0)
+    assert runs.get(0, 0, True) is a  # cached, whatever the number types
+    outs = runs.outputs(0.0, 0.0)
+    assert set(outs) == {"cam", "cat"} and outs["cam"].shape == (64, 96) and outs["cam"].dtype == np.uint8
+    df = runs.table({"Lp": (0.0, 0.0), "Lp, no S&A": (0.0, 0.0, False)})
+    assert list(df.index) == ["Lp", "Lp, no S&A"] and not df.loc["Lp, no S&A", "shift_and_average"]
+    expect = np.mean([teaching.candidate_stats(outs[n], images[n], c.pixels, c.luma_table)["psnr"]
+                      for n, c in runs.coded.items()])
+    assert df.loc["Lp", "psnr"] == pytest.approx(expect)
+    assert runs.jpeg_stats()["shift"] == 0 and runs.jpeg_stats()["inside"] > 0.99
 
 
 def test_choose_weight_by_hand():
