@@ -633,3 +633,28 @@ def choose_weight(table: pd.DataFrame, weight: str, score: str, tol: float) -> f
     best = t[score].max()
     ok = t[t[score] >= best - tol]
     return float(ok[weight].min())
+
+
+def fig8_variants(l2: float, l3: float) -> dict[str, tuple[float, float, bool]]:
+    """The four runs of the paper's Fig. 8: label -> (l2, l3, shift-and-average)."""
+    return {
+        "(a) L_p, no shift-and-average": (0.0, 0.0, False),
+        "(b) L_p": (0.0, 0.0, True),
+        "(c) L_p + L_n": (l2, 0.0, True),
+        "(d) L_p + L_n + L_j": (l2, l3, True),
+    }
+
+
+def fig8_figure(runs: AblationRuns, table: pd.DataFrame, variants: Mapping[str, tuple], crop: int, title: str):
+    """Fig. 8 as a panel row: original, JPEG and each variant on the first evaluation image,
+    with each variant's interval share, brightness shift and contrast (means over the images)."""
+    from otmlib.viz import compare_figure
+
+    name = next(iter(runs.images))
+    y = runs.images[name]
+    panels = {"original": y, f"JPEG Q{runs.quality}": runs.coded[name].pixels}
+    for label, args in variants.items():
+        r = table.loc[label]
+        caption = f"{label}\ninside {100 * r['inside']:.1f}%, shift {r['shift']:+.1f}, contrast {r['contrast']:.2f}"
+        panels[caption] = runs.outputs(*args)[name]
+    return compare_figure(panels, textured_box(y, crop), reference="original", panel_width=3.0, title=title)
