@@ -136,9 +136,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     ck = load_checkpoint(args.checkpoint)
     data_json = Path(args.checkpoint).parent / "data.json"
     data = json.loads(data_json.read_text()) if data_json.exists() else {"description": "unknown", "sha256": ""}
-    scores = json.loads(Path(args.scores).read_text()) if args.scores else None
+    scores = json.loads(Path(args.scores).read_text()) if args.scores else {}
     out = export_generator(ck, args.output, data_description=data["description"], data_sha256=data["sha256"],
                            scores=scores, force=args.force)
+    if args.evaluate:  # measure the exported file itself, then record the scores in it
+        from otmlib.evaluate import evaluate, model_restorer
+
+        q = int(ck["config"]["data"]["quality"])
+        rep = evaluate(args.evaluate, q, model_restorer(str(out)), progress=True)
+        scores[f"{Path(args.evaluate).name} Q{q}"] = {k: round(v, 4) if isinstance(v, float) else v
+                                                     for k, v in rep.summary().items() if k in ("n", "psnr", "ssim", "psnrb")}
+        out = export_generator(ck, out, data_description=data["description"], data_sha256=data["sha256"],
+                               scores=scores, force=True)
+        print(f"scores: {scores}")
     print(f"wrote {out}")
     return 0
 
@@ -152,7 +162,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
     for name, path in models.items():
         m = read_metadata(path)
         hours = float(m.get("wall_seconds", 0)) / 3600
-        print(f"{name}: {m['mode']} Q{m['quality']}, {m['steps']} steps, {hours:.1f} h, backbone: {m['backbone'][:60]}")
+        cpu = m.get("cpu_hours", f"{hours:.2f}")
+        print(f"{name}: {m['mode']} Q{m['quality']}, {m['steps']} steps, {hours:.1f} h wall, {cpu} CPU-hours")
+        print(f"    backbone: {m['backbone']}")
         print(f"    data: {m['data']}")
         print(f"    commit {m['git_commit']}, scores {m.get('scores', '{}')}")
     return 0
@@ -335,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("-o", "--output", required=True, help="output .safetensors")
     x.add_argument("--scores", help="JSON file of measured scores to record")
     x.add_argument("--force", action="store_true", help="replace an existing output")
+    x.add_argument("--evaluate", metavar="DIR", help="also score it on DIR (e.g. BSDS500/test) and record that")
     x.set_defaults(func=_cmd_export)
 
     m = sub.add_parser("models", help="list the shipped weights and their provenance")

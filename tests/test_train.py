@@ -196,3 +196,22 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert sums[0]["D"] == sums[1]["D"]
     assert sums[0]["G"] != sums[0]["G_init"]  # and they did train
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 4
+
+
+def test_cli_export_records_measured_scores(images, tmp_path, camera, capsys):
+    from PIL import Image
+
+    from otmlib.cli import main
+
+    train, val = images
+    t = Trainer(tiny("baseline", tmp_path / "run"), train, val, progress=False)
+    t.fit(2)
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    Image.fromarray(camera[:64, :64]).save(folder / "a.png")
+    out = tmp_path / "b.safetensors"
+    assert main(["export", str(t.ckpt_path), "-o", str(out), "--evaluate", str(folder)]) == 0
+    scores = json.loads(read_metadata(out)["scores"])["eval Q10"]
+    assert scores["n"] == 1 and 10 < scores["psnr"] < 60
+    assert main(["export", str(t.ckpt_path), "-o", str(out)]) == 2  # exists: refused without --force
+    assert "--force" in capsys.readouterr().err
