@@ -30,7 +30,8 @@ BSDS500_URL = "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/groupi
 BSDS500_TAR_PREFIX = "BSR/BSDS500/data/images/"
 SPLITS = ("train", "val", "test")
 CACHE = Path(os.environ.get("OTM_CACHE", Path.home() / ".cache" / "otm"))
-_REPO_SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the checkout (this project's machines); OTM_SHARED_DATA overrides (tests: a user's machine)
+_REPO_SHARED = Path(os.environ.get("OTM_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 @dataclass(frozen=True)

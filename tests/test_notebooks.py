@@ -55,3 +55,21 @@ def test_parameters_cell_and_seed(path):
     if paper.exists():
         keys = set(yaml.safe_load(paper.read_text()) or {})
         assert keys <= set(params), f"{paper.name} sets unknown parameters {keys - set(params)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["01_data_prep", "05_figures"])
+def test_notebook_falls_back_to_samples_offline(name, tmp_path, monkeypatch):
+    """A user's machine: no ../shared, no OTM_DATA, empty cache. The notebook says so and runs."""
+    import papermill
+
+    monkeypatch.setenv("OTM_SHARED_DATA", str(tmp_path / "no-shared"))
+    monkeypatch.setenv("OTM_CACHE", str(tmp_path / "no-cache"))
+    monkeypatch.delenv("OTM_DATA", raising=False)
+    monkeypatch.setenv("OTM_SMOKE", "1")
+    monkeypatch.setenv("OTM_FIGURES", str(tmp_path / "figures"))
+    out = tmp_path / f"{name}.ipynb"
+    papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(out), cwd=str(ROOT / "notebooks"),
+                               progress_bar=False)
+    text = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", []))
+    assert "falling back" in text
