@@ -227,6 +227,9 @@ class Trainer:
         if self.D is not None:
             self.D.load_state_dict(ck["D"])
             self.optD.load_state_dict(ck["optD"])
+        for opt in (self.optG, self.optD):  # the config's lr wins: resuming with a lower --lr anneals
+            for group in (opt.param_groups if opt else []):
+                group["lr"] = self.cfg.lr
         self.step, self.wall = int(ck["step"]), float(ck["wall"])
         self.cpu = float(ck.get("cpu", ck["wall"]))  # runs before this field existed used one thread
         self._truncate_log(self.step)

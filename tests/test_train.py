@@ -215,3 +215,11 @@ def test_cli_export_records_measured_scores(images, tmp_path, camera, capsys):
     assert scores["n"] == 1 and 10 < scores["psnr"] < 60
     assert main(["export", str(t.ckpt_path), "-o", str(out)]) == 2  # exists: refused without --force
     assert "--force" in capsys.readouterr().err
+
+
+def test_resume_with_a_new_learning_rate(images, tmp_path):
+    train, val = images
+    Trainer(tiny("baseline", tmp_path), train, val, progress=False).fit(3)
+    t = Trainer(tiny("baseline", tmp_path, lr=5e-5), train, val, progress=False)
+    assert t.resume()
+    assert t.optG.param_groups[0]["lr"] == 5e-5
