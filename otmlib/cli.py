@@ -186,9 +186,9 @@ def _restore_inputs(inputs: list[str]) -> list[Path]:
 def _cmd_restore(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from otmlib import jpeg
-    from otmlib.imageio import load_image
-    from otmlib.restore import estimate_ijg_quality, restore_image
+    from PIL import Image
+
+    from otmlib.restore import restore_file
     from otmlib.utils import default_device
     from otmlib.zoo import load_generator
 
@@ -205,27 +205,17 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     written = 0
     for f in tqdm(files, desc="restoring", unit="img", disable=len(files) < 2 or args.quiet):
         try:
-            img = load_image(f, min_side=8, max_pixels=args.max_pixels)
-            is_jpeg = f.suffix.lower() in (".jpg", ".jpeg") or _is_jpeg(f)
-            if is_jpeg:
-                q_est, gap = estimate_ijg_quality(jpeg.read_jpeg_info(f).luma_table)
-                if abs(q_est - trained_q) > max(3, trained_q // 2) and not args.quiet:
-                    print(f"otm: note: {f} looks like JPEG quality ~{q_est}; {model_name} was trained for "
-                          f"quality {trained_q} (one model per quality, the paper's stated limitation)",
-                          file=sys.stderr)
-            elif args.quality is None:
-                raise ValueError(f"{f}: not a JPEG; pass --quality Q to compress it at quality Q first "
-                                 "(the models restore JPEG artifacts)")
-            else:
-                img = jpeg.decode(jpeg.encode(img, args.quality))
             targets = [out_dir / (f"{f.stem}_{model_name}" + (f"_seed{s}" if G.cfg.noise else "") + ".png")
                        for s in (seeds if G.cfg.noise else [None])]
             clash = [t for t in targets if t.exists()]
             if clash and not args.force:
                 raise ValueError(f"{clash[0]} exists; pass --force to overwrite")
-            res = restore_image(G, img, seeds, tile=args.tile, bf16=args.bf16)
-            from PIL import Image
-
+            res, notes = restore_file(G, f, seeds, quality=args.quality, consistent=not args.no_project,
+                                      tile=args.tile, bf16=args.bf16, max_pixels=args.max_pixels)
+            q_est = notes.get("quality_estimate")
+            if q_est is not None and abs(q_est - trained_q) > max(3, trained_q // 2) and not args.quiet:
+                print(f"otm: note: {f} looks like JPEG quality ~{q_est}; {model_name} was trained for "
+                      f"quality {trained_q} (one model per quality, the paper's stated limitation)", file=sys.stderr)
             for t, c in zip(targets, res.candidates):
                 tmp = t.with_name(t.name + ".tmp")
                 Image.fromarray(c).save(tmp, format="PNG")
@@ -237,14 +227,6 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     print(f"restored {len(files) - len(failures)} of {len(files)} image(s); wrote {written} file(s) to {out_dir}"
           + (f"; {len(failures)} failed" if failures else ""), file=sys.stderr)
     return 1 if failures else 0
-
-
-def _is_jpeg(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(3) == b"\xff\xd8\xff"
-    except OSError:
-        return False
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -310,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="first noise seed; candidates use seed, seed+1, ...")
     r.add_argument("--quality", type=int, help="for non-JPEG inputs: compress at this quality first")
     r.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    r.add_argument("--no-project", action="store_true",
+                   help="keep the network's raw output; by default each candidate's luminance is projected "
+                   "into the file's own quantisation intervals (eq. 5), so it is a plausible original of that file")
     r.add_argument("--tile", type=int, default=512, help="tile size for large images (memory bound)")
     r.add_argument("--bf16", action="store_true", help="bfloat16 on CPU (about 4x faster, tiny differences)")
     r.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images (default 100 MP)")

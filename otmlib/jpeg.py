@@ -334,3 +334,45 @@ def jpeg_loss(
     if reduction == "mean":
         return per_image.mean()
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def project_to_intervals(y: Tensor, k: Tensor, q: Tensor | np.ndarray, margin: float = 0.0) -> Tensor:
+    """Clamp every complete block's coefficients of ``y`` into its interval (eq. 5), back to pixels.
+
+    The result is the nearest image (in L2: the DCT is orthonormal) whose complete blocks are a
+    plausible original of the JPEG with indices ``k`` and table(s) ``q``. Pixels outside the
+    complete blocks (a partial edge) are left as they are. ``margin`` shrinks each interval by
+    ``min(margin, Q/4)`` on both sides: clamped coefficients sit on a bound, and rounding the
+    result to 8-bit pixels would push about half of them just outside again.
+    """
+    c = coefficients(y)
+    lo, hi = coefficient_bounds(k, q)
+    if margin:
+        m = torch.clamp(_as_table(q, c) / 4, max=margin)
+        lo, hi = lo + m, hi - m
+    inside = block_idct(torch.minimum(torch.maximum(c, lo), hi)) + 128.0
+    out = y.clone()
+    h, w = inside.shape[-2:]
+    out[..., :h, :w] = inside
+    return out
+
+
+def decoded_luma(source: str | Path | bytes) -> np.ndarray:
+    """The luminance plane a JPEG decoder produces (JFIF Y, before colour conversion), from a
+    file path or JPEG bytes. It is the plane the luminance table quantised; grey: the image.
+    """
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+        if im.mode == "L":
+            return np.asarray(im)
+        im.draft("YCbCr", im.size)  # ask libjpeg for its YCbCr output, skipping the RGB conversion
+        return np.asarray(im.convert("YCbCr"))[..., 0]
+
+
+def matlab_y_to_jfif(y: np.ndarray) -> np.ndarray:
+    """MATLAB (studio-range) Y to JFIF (full-range) Y of the same RGB: both are 0.299 R + 0.587 G + 0.114 B."""
+    return (np.asarray(y, dtype=np.float64) - 16.0) * 255.0 / 219.0
+
+
+def jfif_y_to_matlab(y: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`matlab_y_to_jfif`."""
+    return 16.0 + np.asarray(y, dtype=np.float64) * 219.0 / 255.0

@@ -52,6 +52,55 @@ def restore_luma(
     return outs
 
 
+@dataclass
+class Consistency:
+    """What a JPEG file fixes about its originals: its stored luminance DCT indices and table.
+
+    Read from the file itself with jpeglib (libjpeg's own coefficient reader), so blocks the
+    decoder clipped at 0 or 255 get their true indices too (recovering them from pixels cannot).
+    """
+
+    k: torch.Tensor  # (1, 1, Hb, Wb, 8, 8) quantised luminance indices of the complete blocks
+    qtable: np.ndarray  # the file's luminance quantisation table, 8x8
+
+    @classmethod
+    def from_file(cls, path) -> Consistency:
+        import jpeglib
+
+        from otmlib.imageio import ImageError
+
+        try:
+            dct = jpeglib.read_dct(str(path))
+            k, qt = np.asarray(dct.Y), np.asarray(dct.qt[0])
+        except Exception as e:  # noqa: BLE001 - jpeglib raises plain Exceptions for libjpeg errors
+            raise ImageError(path, f"cannot read its DCT coefficients ({e})", "pass --no-project") from None
+        with __import__("PIL.Image").Image.open(path) as im:
+            hb, wb = im.height // 8, im.width // 8
+        return cls(torch.from_numpy(k[:hb, :wb].astype(np.float64))[None, None], qt.astype(np.int64))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Consistency:
+        import os
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(suffix=".jpg")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return cls.from_file(tmp)
+        finally:
+            os.unlink(tmp)
+
+    def project_jfif(self, yj: np.ndarray) -> np.ndarray:
+        """JFIF Y -> the nearest JFIF Y whose complete blocks lie in the file's intervals (eq. 5)."""
+        t = torch.from_numpy(np.asarray(yj, dtype=np.float64))[None, None]
+        return jpeg.project_to_intervals(t, self.k, self.qtable, margin=1.0)[0, 0].numpy()
+
+    def project(self, y_matlab: np.ndarray) -> np.ndarray:
+        """The same for MATLAB-range Y (the model's colour path), through the exact linear map."""
+        return jpeg.jfif_y_to_matlab(self.project_jfif(jpeg.matlab_y_to_jfif(y_matlab)))
+
+
 def restore_image(
     G: Generator,
     img: np.ndarray,
@@ -59,26 +108,99 @@ def restore_image(
     *,
     tile: int = 512,
     bf16: bool = False,
+    consistency: Consistency | None = None,
 ) -> Restored:
     """Restore a decoded JPEG (grey (H, W) or RGB (H, W, 3) uint8) with a luminance model.
 
-    Colour images: see the module docstring (Y restored, chroma kept).
+    Colour images: see the module docstring (Y restored, chroma kept). With ``consistency``
+    (from the file itself), each candidate's luminance is projected into the file's own
+    quantisation intervals, so it is a plausible original of exactly that file.
     """
     if G.cfg.channels != 1:
         raise ValueError("restore_image expects a luminance (1-channel) model")
     seeds = list(seeds) if seeds else [0]
-    if img.ndim == 2:
-        ys = restore_luma(G, img, seeds, tile=tile, bf16=bf16)
-        return Restored(ys, seeds if G.cfg.noise else [None])
-    ycc = jpeg.rgb_to_ycbcr(img)
-    y8 = jpeg.to_uint8(ycc[..., 0])
-    ys = restore_luma(G, y8, seeds, tile=tile, bf16=bf16)
+    grey = img.ndim == 2
+    ycc = None if grey else jpeg.rgb_to_ycbcr(img)
+    if grey:
+        # a grey JPEG's pixels are its JFIF Y; the model works on MATLAB-range Y like its training data
+        y_in = img
+    else:
+        y_in = jpeg.to_uint8(ycc[..., 0])
+    ys = restore_luma(G, y_in, seeds, tile=tile, bf16=bf16)
     outs = []
     for y in ys:
+        y = y.astype(np.float64)
+        if consistency is not None:
+            y = consistency.project_jfif(y) if grey else consistency.project(y)
+        if grey:
+            outs.append(jpeg.to_uint8(y))
+            continue
         merged = ycc.copy()
         merged[..., 0] = y
         outs.append(jpeg.to_uint8(jpeg.ycbcr_to_rgb(merged)))
     return Restored(outs, seeds if G.cfg.noise else [None])
+
+
+_ORIENTATION = {2: (np.fliplr,), 3: (np.rot90, 2), 4: (np.flipud,), 5: (np.transpose,), 6: (np.rot90, 3),
+                7: ("transverse",), 8: (np.rot90, 1)}
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels the way EXIF ``orientation`` (1-8) says they should be displayed."""
+    if orientation in (None, 1):
+        return img
+    if orientation == 5:
+        return np.ascontiguousarray(np.swapaxes(img, 0, 1))
+    if orientation == 7:
+        return np.ascontiguousarray(np.rot90(np.swapaxes(img, 0, 1), 2))
+    op = _ORIENTATION[orientation]
+    return np.ascontiguousarray(op[0](img, *op[1:]) if len(op) > 1 else op[0](img))
+
+
+def restore_file(
+    G: Generator,
+    path,
+    seeds: list[int] | None = None,
+    *,
+    quality: int | None = None,
+    consistent: bool = True,
+    tile: int = 512,
+    bf16: bool = False,
+    max_pixels: int = 100_000_000,
+) -> tuple[Restored, dict]:
+    """Restore one file: a JPEG as it is (its own tables for consistency; EXIF orientation applied
+    to the outputs), or any other image compressed first at ``quality``. Returns the candidates and
+    a dict of notes (``quality_estimate``, ``orientation``, ``consistent``)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from otmlib.imageio import load_image
+
+    path = Path(path)
+    img = load_image(path, exif=False, min_side=8, max_pixels=max_pixels)
+    notes: dict = {}
+    with Image.open(path) as im:
+        is_jpeg = im.format == "JPEG"
+        notes["orientation"] = int(im.getexif().get(0x0112, 1) or 1)
+    cons = None
+    if is_jpeg:
+        info = jpeg.read_jpeg_info(path)
+        notes["quality_estimate"] = estimate_ijg_quality(info.luma_table)[0]
+        if consistent:
+            cons = Consistency.from_file(path)
+    elif quality is None:
+        raise ValueError(f"{path}: not a JPEG; pass --quality Q to compress it at quality Q first "
+                         "(the models restore JPEG artifacts)")
+    else:
+        data = jpeg.encode(img, quality)
+        img = jpeg.decode(data)
+        if consistent:
+            cons = Consistency.from_bytes(data)
+    notes["consistent"] = cons is not None
+    res = restore_image(G, img, seeds, tile=tile, bf16=bf16, consistency=cons)
+    res.candidates = [apply_orientation(c, notes["orientation"]) for c in res.candidates]
+    return res, notes
 
 
 def estimate_ijg_quality(table: np.ndarray) -> tuple[int, float]:

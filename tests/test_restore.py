@@ -16,11 +16,11 @@ from otmlib.train import TrainConfig
 from otmlib.zoo import export_generator
 
 
-def make_release(path, noise: bool):
+def make_release(path, noise: bool, gain: float = 1.0):
     """Release weights of a small untrained G (random init, but a real file like a shipped one)."""
     torch.manual_seed(0)
     cfg = TrainConfig(mode="one-to-many" if noise else "baseline",
-                      gen=GeneratorConfig(width=8, branch_units=1, agg_units=1, out_init_gain=1.0))
+                      gen=GeneratorConfig(width=8, branch_units=1, agg_units=1, out_init_gain=gain))
     G = Generator(cfg.gen)
     ck = {"config": cfg.to_dict(), "G": G.state_dict(), "step": 0, "wall": 0.0, "backbone": "none"}
     return export_generator(ck, path, data_description="none (test)", data_sha256="")
@@ -29,7 +29,9 @@ def make_release(path, noise: bool):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")
-    return {"otm": make_release(d / "tiny-otm.safetensors", True), "base": make_release(d / "tiny-base.safetensors", False)}
+    return {"otm": make_release(d / "tiny-otm.safetensors", True), "base": make_release(d / "tiny-base.safetensors", False),
+            # near the JPEG, like a trained model (the wild ones above clip at 0/255 everywhere)
+            "calm": make_release(d / "tiny-calm.safetensors", True, gain=0.3)}
 
 
 @pytest.fixture
@@ -131,3 +133,70 @@ def test_measures_hand_cases(camera):
     assert diversity([camera, camera]) == 0.0
     assert diversity([np.zeros((4, 4)), np.full((4, 4), 2.0)]) == 1.0
     assert estimate_ijg_quality(jpeg.ijg_table(37))[0] == 37
+
+
+def test_projection_onto_intervals_hand_case():
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 16, 24, dtype=torch.float64) * 255
+    q = torch.full((8, 8), 20.0, dtype=torch.float64)
+    k = jpeg.quantised_indices(x, q)
+    c = jpeg.coefficients(x)
+    bump = torch.zeros_like(c)
+    bump[0, 0, 1, 2, 3, 4] = 55.0  # one coefficient 55 away from where it was: outside by up to 55 - 10
+    y = jpeg.block_idct(c + bump) + 128
+    p = jpeg.project_to_intervals(y, k, q)
+    cp = jpeg.coefficients(p)
+    lo, hi = jpeg.coefficient_bounds(k, q)
+    assert ((cp >= lo - 1e-9) & (cp <= hi + 1e-9)).all()
+    assert cp[0, 0, 1, 2, 3, 4].item() == pytest.approx(hi[0, 0, 1, 2, 3, 4].item())  # clamped to the bound
+    torch.testing.assert_close(jpeg.project_to_intervals(p, k, q), p)  # idempotent
+    torch.testing.assert_close(jpeg.project_to_intervals(x, k, q), x)  # inside stays put
+
+
+def _file_share(path, out_rgb_or_grey):
+    """Share of the output's JFIF-Y coefficients inside the intervals the file itself stores (jpeglib)."""
+    import jpeglib
+
+    d = jpeglib.read_dct(str(path))
+    o = out_rgb_or_grey.astype(np.float64)
+    yj = o if o.ndim == 2 else 0.299 * o[..., 0] + 0.587 * o[..., 1] + 0.114 * o[..., 2]
+    c = jpeg.coefficients(torch.tensor(yj)[None, None])
+    hb, wb = c.shape[2:4]
+    k = torch.tensor(d.Y, dtype=torch.float64)[None, None][:, :, :hb, :wb]
+    lo, hi = jpeg.coefficient_bounds(k, d.qt[0])
+    return ((c >= lo - 1e-6) & (c <= hi + 1e-6)).double().mean().item()  # projected values sit on bounds
+
+
+@pytest.mark.parametrize("kind", ["grey.jpg", "colour.jpg"])
+def test_restored_files_are_consistent_with_their_own_tables(models, photos, kind):
+    from otmlib.restore import restore_file
+    from otmlib.zoo import load_generator
+
+    G, _ = load_generator(models["calm"])
+    raw, _ = restore_file(G, photos / kind, [0], consistent=False)
+    proj, notes = restore_file(G, photos / kind, [0])
+    assert notes["consistent"] and notes["quality_estimate"] == 10
+    # before 8-bit rounding the projection is exact ...
+    from otmlib.restore import Consistency
+
+    cons = Consistency.from_file(photos / kind)
+    r = raw.candidates[0].astype(np.float64)
+    yj = r if r.ndim == 2 else 0.299 * r[..., 0] + 0.587 * r[..., 1] + 0.114 * r[..., 2]
+    assert _file_share(photos / kind, cons.project_jfif(yj)) == 1.0
+    # ... then rounding, clipping at 0/255 (frequent for this untrained G) and, for colour, the RGB
+    # round trip move some coefficients back out
+    assert _file_share(photos / kind, proj.candidates[0]) > max(0.95, _file_share(photos / kind, raw.candidates[0]))
+
+
+def test_exif_orientation_applies_to_outputs(models, tmp_path, chelsea):
+    from otmlib.restore import restore_file
+    from otmlib.zoo import load_generator
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(chelsea).save(tmp_path / "r.jpg", quality=10, exif=exif)
+    G, _ = load_generator(models["base"])
+    res, notes = restore_file(G, tmp_path / "r.jpg")
+    assert notes["orientation"] == 6 and res.candidates[0].shape == (451, 300, 3)
+    shown = np.asarray(Image.open(tmp_path / "r.jpg").transpose(Image.Transpose.ROTATE_270))
+    assert np.abs(res.candidates[0].astype(int) - shown).mean() < 30  # same scene, same way up
