@@ -125,7 +125,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "data.json").write_text(json.dumps({"description": sets.description, "sha256": sets.sha256}, indent=1))
     trainer.fit()
-    print(f"done: step {trainer.step}, checkpoint {trainer.ckpt_path}, log {trainer.log_path}", file=sys.stderr)
+    how = "stopped on request" if trainer.stop_requested else "done"
+    print(f"{how}: step {trainer.step}, checkpoint {trainer.ckpt_path}, log {trainer.log_path}"
+          + (" (continue with --resume)" if trainer.stop_requested else ""), file=sys.stderr)
     return 0
 
 

@@ -386,8 +386,14 @@ class Trainer:
         t_last_ckpt = time.monotonic()
         t0, n_since = time.monotonic(), 0
         it = iter(loader)
+        self.stop_requested = False
+        previous = _install_stop_handler(self) if self.is_main else None
         try:
             while self.step < target:
+                if self.stop_requested:  # SIGTERM / SIGINT: save where we are, then leave
+                    self.save()
+                    self._write_log({"step": self.step, "event": "stopped", "wall": self.wall})
+                    break
                 batch = next(it)
                 ts = time.monotonic()
                 rec = self.train_step(batch)
@@ -420,7 +426,32 @@ class Trainer:
                     t_last_ckpt = time.monotonic()
         finally:
             bar.close()
+            if previous is not None:
+                _restore_stop_handler(previous)
         return records
+
+
+def _install_stop_handler(trainer: Trainer):
+    """Turn SIGTERM and the first Ctrl-C into "finish this step, checkpoint, stop" (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def request_stop(signum, frame):
+        if trainer.stop_requested:  # a second signal: stop now (the last checkpoint stays valid)
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+
+    return {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_stop_handler(previous: dict) -> None:
+    import signal
+
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def training_curve(log_path: str | Path):

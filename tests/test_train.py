@@ -118,6 +118,28 @@ def test_interrupted_save_leaves_previous_checkpoint(images, tmp_path, monkeypat
 
 
 @pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step_and_exits(tmp_path):
+    out = tmp_path / "run"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("gen: {width: 8, branch_units: 1, agg_units: 1}\nckpt_every: 100000\nckpt_minutes: 1000\n"
+                   "batch_size: 2\nlog_every: 1\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otmlib.cli", "train", "baseline", "--config", str(cfg), "--out", str(out),
+         "--steps", "100000", "--patch", "32", "--no-bf16"],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "log.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(2.0)  # some steps in, long before any periodic checkpoint
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()[-2000:]
+    ck = load_checkpoint(out / "last.pt")
+    log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["event"] == "stopped" and log[-1]["step"] == ck["step"] >= 1
+
+
+@pytest.mark.slow
 def test_killed_process_leaves_loadable_checkpoint(tmp_path):
     out = tmp_path / "run"
     cfg = tmp_path / "c.yaml"
