@@ -141,20 +141,15 @@ def restore_image(
     return Restored(outs, seeds if G.cfg.noise else [None])
 
 
-_ORIENTATION = {2: (np.fliplr,), 3: (np.rot90, 2), 4: (np.flipud,), 5: (np.transpose,), 6: (np.rot90, 3),
-                7: ("transverse",), 8: (np.rot90, 1)}
-
-
 def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
-    """Turn stored pixels the way EXIF ``orientation`` (1-8) says they should be displayed."""
+    """Turn stored pixels the way EXIF ``orientation`` (1-8) says they should be displayed (Pillow's mapping)."""
     if orientation in (None, 1):
         return img
-    if orientation == 5:
-        return np.ascontiguousarray(np.swapaxes(img, 0, 1))
-    if orientation == 7:
-        return np.ascontiguousarray(np.rot90(np.swapaxes(img, 0, 1), 2))
-    op = _ORIENTATION[orientation]
-    return np.ascontiguousarray(op[0](img, *op[1:]) if len(op) > 1 else op[0](img))
+    from PIL import Image, ImageOps
+
+    im = Image.fromarray(img)
+    im.getexif()[0x0112] = orientation
+    return np.asarray(ImageOps.exif_transpose(im))
 
 
 def restore_file(
