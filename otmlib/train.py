@@ -371,6 +371,9 @@ class Trainer:
             self._write_log({"step": 0, "event": "start", "config": cfg.to_dict(), "backbone": self.backbone_note,
                              "data": self.data_description, "world": self.world, "device": str(self.device),
                              "threads": torch.get_num_threads()})
+        else:  # a resumed run: record what may have changed (learning rate, threads, machine)
+            self._write_log({"step": self.step, "event": "resume", "lr": cfg.lr, "threads": torch.get_num_threads(),
+                             "device": str(self.device), "world": self.world})
         loader = DataLoader(
             self.dataset,
             batch_size=cfg.batch_size,
