@@ -126,14 +126,16 @@ def test_sigterm_checkpoints_the_current_step_and_exits(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "otmlib.cli", "train", "baseline", "--config", str(cfg), "--out", str(out),
          "--steps", "100000", "--patch", "32", "--no-bf16"],
-        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        # stderr to a file: an unread pipe fills up with progress bars and blocks the child
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "stderr.txt", "wb"),
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out / "log.jsonl").exists():
         time.sleep(0.2)
     time.sleep(2.0)  # some steps in, long before any periodic checkpoint
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()[-2000:]
+    assert proc.wait(timeout=60) == 0, (tmp_path / "stderr.txt").read_text()[-2000:]
     ck = load_checkpoint(out / "last.pt")
     log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
     assert log[-1]["event"] == "stopped" and log[-1]["step"] == ck["step"] >= 1
