@@ -173,7 +173,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _restore_inputs(inputs: list[str]) -> list[Path]:
-    from otmlib.imageio import IMAGE_SUFFIXES, list_images
+    from otmlib.imageio import list_images
 
     files: list[Path] = []
     for item in inputs:

@@ -357,17 +357,6 @@ def project_to_intervals(y: Tensor, k: Tensor, q: Tensor | np.ndarray, margin: f
     return out
 
 
-def decoded_luma(source: str | Path | bytes) -> np.ndarray:
-    """The luminance plane a JPEG decoder produces (JFIF Y, before colour conversion), from a
-    file path or JPEG bytes. It is the plane the luminance table quantised; grey: the image.
-    """
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-        if im.mode == "L":
-            return np.asarray(im)
-        im.draft("YCbCr", im.size)  # ask libjpeg for its YCbCr output, skipping the RGB conversion
-        return np.asarray(im.convert("YCbCr"))[..., 0]
-
-
 def matlab_y_to_jfif(y: np.ndarray) -> np.ndarray:
     """MATLAB (studio-range) Y to JFIF (full-range) Y of the same RGB: both are 0.299 R + 0.587 G + 0.114 B."""
     return (np.asarray(y, dtype=np.float64) - 16.0) * 255.0 / 219.0

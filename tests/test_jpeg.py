@@ -3,7 +3,6 @@ coefficients), scipy's DCT, scikit-image's rgb2ycbcr, and hand computations."""
 
 from __future__ import annotations
 
-import io
 
 import jpeglib
 import numpy as np
