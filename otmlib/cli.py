@@ -95,7 +95,7 @@ def _train_config(args: argparse.Namespace):
         if value is not None:
             dest[key] = value
     base["data"], base["gen"] = data, gen
-    for key in ("steps", "batch_size", "backbone", "out", "seed", "num_workers", "lr"):
+    for key in ("steps", "batch_size", "backbone", "out", "seed", "num_workers", "lr", "init"):
         value = getattr(args, key)
         if value is not None:
             base[key] = value
@@ -120,8 +120,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"otm: skipped {f}", file=sys.stderr)
     trainer = Trainer(cfg, sets.train, sets.val, data_description=sets.description)
     print(f"backbone: {trainer.backbone_note}", file=sys.stderr)
+    print(f"precision: {trainer.precision}", file=sys.stderr)
     if args.resume and trainer.resume():
         print(f"resumed {out / 'last.pt'} at step {trainer.step}", file=sys.stderr)
+    elif cfg.init:
+        e = trainer.init_from(cfg.init)
+        print(f"G starts from {e['from']} ({e['mode']}, Q{e['quality']}, {e['steps']} steps, "
+              f"{e['cpu_hours']:.2f} CPU-hours, carried into this run's provenance)", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     (out / "data.json").write_text(json.dumps({"description": sets.description, "sha256": sets.sha256}, indent=1))
     trainer.fit()
@@ -165,7 +170,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
         m = read_metadata(path)
         hours = float(m.get("wall_seconds", 0)) / 3600
         cpu = m.get("cpu_hours", f"{hours:.2f}")
-        print(f"{name}: {m['mode']} Q{m['quality']}, {m['steps']} steps, {hours:.1f} h wall, {cpu} CPU-hours")
+        steps = m.get("steps_total", m["steps"])
+        print(f"{name}: {m['mode']} Q{m['quality']}, {steps} steps, {hours:.1f} h wall, {cpu} CPU-hours")
+        for e in json.loads(m.get("lineage", "[]")):
+            print(f"    started from {e['mode']} Q{e['quality']} ({e['steps']} steps, {e['cpu_hours']:.2f} CPU-hours"
+                  f" in total), then {m['steps']} steps here")
         print(f"    backbone: {m['backbone']}")
         print(f"    data: {m['data']}")
         print(f"    commit {m['git_commit']}, scores {m.get('scores', '{}')}")
@@ -191,10 +200,12 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from otmlib.restore import restore_file
-    from otmlib.utils import default_device
+    from otmlib.utils import bf16_plan, default_device
     from otmlib.zoo import load_generator
 
     G, meta = load_generator(args.model, default_device())
+    if args.bf16 and not bf16_plan(True, default_device())[0]:
+        print(f"otm: --bf16 not used: {bf16_plan(True, default_device())[1]}", file=sys.stderr)
     model_name = Path(str(args.model)).stem
     trained_q = int(meta["quality"])
     seeds = [args.seed + i for i in range(args.n)]
@@ -298,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the network's raw output; by default each candidate's luminance is projected "
                    "into the file's own quantisation intervals (eq. 5), so it is a plausible original of that file")
     r.add_argument("--tile", type=int, default=512, help="tile size for large images (memory bound)")
-    r.add_argument("--bf16", action="store_true", help="bfloat16 on CPU: about 3x faster model time; outputs differ by at most 1 grey level (measured)")
+    r.add_argument("--bf16", action="store_true", help="bfloat16 on a CPU with native bfloat16 (AVX512-BF16/AMX): about 3x faster model time; "
+                   "outputs differ by at most 1 grey level (measured); ignored, with a note, elsewhere")
     r.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images (default 100 MP)")
     r.add_argument("--quiet", action="store_true", help="no progress bar or notes")
     r.set_defaults(func=_cmd_restore)
@@ -325,8 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (default runs/MODE-qQ)")
     t.add_argument("--seed", type=int)
     t.add_argument("--num-workers", type=int, help="data loader worker processes")
-    t.add_argument("--no-bf16", action="store_true", help="float32 instead of bfloat16 autocast on CPU")
+    t.add_argument("--no-bf16", action="store_true", help="float32 even on a CPU with native bfloat16 (without it, float32 is used anyway)")
     t.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
+    t.add_argument("--init", metavar="CKPT", help="start G from another run's last.pt or a .safetensors "
+                   "(fine-tuning, e.g. Q20 from Q10); its steps and CPU-hours count in the provenance")
     t.set_defaults(func=_cmd_train)
 
     x = sub.add_parser("export", help="write a checkpoint's G as release weights (safetensors + provenance)")

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from otmlib import jpeg
 from otmlib.models import Generator, restore_tiled
+from otmlib.utils import bf16_plan
 
 
 @dataclass
@@ -41,11 +42,12 @@ def restore_luma(
     """Restore 8-bit luminance ``y`` (H, W): one uint8 output per seed (one for the baseline)."""
     device = next(G.parameters()).device
     x = _as_tensor(y, device)
-    if bf16 and device.type == "cpu":  # oneDNN's bf16 kernels want NHWC (measured 4x over NCHW fp32)
+    bf16 = bf16_plan(bf16, device)[0]  # emulated bfloat16 (no native support) would be ~10x slower
+    if bf16:  # oneDNN's bf16 kernels want NHWC (measured 4x over NCHW fp32)
         G = G.to(memory_format=torch.channels_last)
     seeds_ = seeds if G.cfg.noise else [None]
     outs = []
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cpu"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for s in seeds_ or [0]:
             out = restore_tiled(G, x, tile=tile, seed=s) if G.cfg.noise else restore_tiled(G, x, tile=tile)
             outs.append(out[0, 0].float().clamp(0, 255).round().to(torch.uint8).cpu().numpy())

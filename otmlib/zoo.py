@@ -57,6 +57,9 @@ def export_generator(
         "mode": cfg["mode"],
         "quality": str(cfg["data"]["quality"]),
         "steps": str(checkpoint["step"]),
+        # a fine-tuned run: the runs it started from (their steps and CPU-hours are in the totals)
+        "lineage": json.dumps(checkpoint.get("lineage", [])),
+        "steps_total": str(checkpoint["step"] + sum(e["steps"] for e in checkpoint.get("lineage", []))),
         "wall_seconds": f"{checkpoint['wall']:.0f}",
         "cpu_hours": f"{checkpoint.get('cpu', checkpoint['wall']) / 3600:.2f}",
         "backbone": checkpoint.get("backbone", ""),

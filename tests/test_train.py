@@ -247,3 +247,55 @@ def test_resume_with_a_new_learning_rate(images, tmp_path):
     t = Trainer(tiny("baseline", tmp_path, lr=5e-5), train, val, progress=False)
     assert t.resume()
     assert t.optG.param_groups[0]["lr"] == 5e-5
+
+
+def test_fine_tuning_starts_from_the_parent_and_carries_its_cost(images, tmp_path):
+    """Q20 from Q10: G's weights move, the optimiser and step start afresh, CPU-hours add up."""
+    train, val = images
+    parent = Trainer(tiny("baseline", tmp_path / "q10"), train, val, progress=False)
+    parent.fit(3)
+    ck = load_checkpoint(parent.ckpt_path)
+    child = Trainer(tiny("baseline", tmp_path / "q20", init=str(parent.ckpt_path)), train, val, progress=False)
+    entry = child.init_from(parent.ckpt_path)
+    assert _same_state(child.G.state_dict(), ck["G"]) and child.step == 0
+    assert entry["steps"] == 3 and entry["quality"] == 10
+    assert child.cpu == pytest.approx(ck["cpu"]) and child.cpu > 0
+    child.fit(2)
+    assert child.cpu > ck["cpu"]  # its own steps on top of the parent's
+    start = child.read_log()[0]
+    assert start["event"] == "start" and start["lineage"][0]["from"] == str(parent.ckpt_path)
+    meta = read_metadata(export_generator(load_checkpoint(child.ckpt_path), tmp_path / "q20.safetensors",
+                                          data_description="", data_sha256=""))
+    assert meta["steps"] == "2" and meta["steps_total"] == "5"
+    assert json.loads(meta["lineage"])[0]["steps"] == 3
+    assert float(meta["cpu_hours"]) == pytest.approx(child.cpu / 3600, abs=0.006)
+    # a release file works as a parent too, and a resumed child keeps its lineage
+    grand = Trainer(tiny("baseline", tmp_path / "q5"), train, val, progress=False)
+    assert [e["steps"] for e in [*json.loads(meta["lineage"]), grand.init_from(tmp_path / "q20.safetensors")]] == [3, 2]
+    assert len(grand.lineage) == 2
+    again = Trainer(tiny("baseline", tmp_path / "q20"), train, val, progress=False)
+    assert again.resume() and again.lineage == child.lineage
+
+
+def test_fine_tuning_refuses_a_different_network(images, tmp_path):
+    train, val = images
+    Trainer(tiny("baseline", tmp_path / "a"), train, val, progress=False).fit(1)
+    other = tiny("baseline", tmp_path / "b")
+    other.gen.width = 16
+    with pytest.raises(ValueError, match="same generator settings"):
+        Trainer(other, train, val, progress=False).init_from(tmp_path / "a" / "last.pt")
+    with pytest.raises(ValueError, match="not a readable otm checkpoint"):
+        (tmp_path / "junk.pt").write_bytes(b"junk")
+        Trainer(tiny("baseline", tmp_path / "c"), train, val, progress=False).init_from(tmp_path / "junk.pt")
+
+
+def test_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from otmlib.utils import bf16_plan
+
+    monkeypatch.setenv("OTM_BF16", "0")
+    on, why = bf16_plan(True, torch.device("cpu"))
+    assert not on and "no native bfloat16" in why
+    monkeypatch.setenv("OTM_BF16", "1")
+    assert bf16_plan(True, torch.device("cpu"))[0]
+    assert bf16_plan(False, torch.device("cpu")) == (False, "float32")
+    assert not bf16_plan(True, torch.device("cuda"))[0]
