@@ -235,10 +235,11 @@ def _cmd_restore(args: argparse.Namespace) -> int:
                 tmp.replace(t)
                 written += 1
         except (ValueError, OSError) as e:  # ImageError is a ValueError; one line per failed file
-            failures.append(str(e) if str(f) in str(e) else f"{f}: {e}")
-            print(f"otm: {failures[-1]}", file=sys.stderr)
+            failures.append(f)
+            print(f"otm: {e}" if str(f) in str(e) else f"otm: {f}: {e}", file=sys.stderr)
     print(f"restored {len(files) - len(failures)} of {len(files)} image(s); wrote {written} file(s) to {out_dir}"
-          + (f"; {len(failures)} failed" if failures else ""), file=sys.stderr)
+          + (f"; {len(failures)} failed: " + ", ".join(map(str, failures[:10])) if failures else "")
+          + (f" and {len(failures) - 10} more (see above)" if len(failures) > 10 else ""), file=sys.stderr)
     return 1 if failures else 0
 
 

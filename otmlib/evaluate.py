@@ -154,11 +154,11 @@ PAPER_TABLE2: dict[tuple[int, str], tuple[float, float, float]] = {
 }
 
 
-def table2_frame(ours: dict[tuple[int, str], dict], cpu_hours: dict[str, float] | None = None):
+def table2_frame(ours: dict[tuple[int, str], dict], cpu_hours: dict[tuple[int, str], float] | None = None):
     """The paper's printed rows beside ours, as a pandas DataFrame (one row per quality x approach).
 
     ``ours`` maps ``(quality, name)`` to an :meth:`EvalReport.summary`-like dict; ``cpu_hours``
-    maps our row names to the training CPU-hours behind them.
+    maps the same keys to the training CPU-hours behind a row (trained rows only).
     """
     import pandas as pd
 
@@ -166,5 +166,5 @@ def table2_frame(ours: dict[tuple[int, str], dict], cpu_hours: dict[str, float] 
             for (q, a), v in PAPER_TABLE2.items()]
     for (q, name), s in ours.items():
         rows.append(dict(quality=q, approach=name, source="ours", psnr=s["psnr"], ssim=s["ssim"],
-                         psnrb=s["psnrb"], n=s["n"], cpu_hours=(cpu_hours or {}).get(name)))
+                         psnrb=s["psnrb"], n=s["n"], cpu_hours=(cpu_hours or {}).get((q, name))))
     return pd.DataFrame(rows).sort_values(["quality", "source", "approach"], kind="stable").reset_index(drop=True)

@@ -75,3 +75,18 @@ def test_cli_demo_writes_figure(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "demo_blocking_chelsea_q10.png").stat().st_size > 10_000
     assert jpeg.read_jpeg_info(tmp_path / "demo_chelsea_q10.jpg").components == 1
+
+
+def test_table2_frame_puts_our_rows_beside_the_printed_ones():
+    from otmlib.evaluate import PAPER_TABLE2, table2_frame
+
+    ours = {(10, "Baseline"): {"psnr": 29.2, "ssim": 0.81, "psnrb": 28.5, "n": 200},
+            (20, "Baseline"): {"psnr": 31.3, "ssim": 0.88, "psnrb": 30.6, "n": 200}}
+    t = table2_frame(ours, {(20, "Baseline"): 3.0})
+    assert len(t) == len(PAPER_TABLE2) + 2
+    assert list(t.quality) == sorted(t.quality)  # grouped by quality
+    mine = t[t.source == "ours"].set_index("quality")
+    assert mine.loc[10, "psnrb"] == 28.5 and mine.loc[20, "cpu_hours"] == 3.0
+    assert mine.loc[10, "cpu_hours"] is None or np.isnan(mine.loc[10, "cpu_hours"])
+    arcnn = t[(t.approach == "ARCNN") & (t.quality == 10)].iloc[0]
+    assert (arcnn.psnr, arcnn.psnrb) == (29.10, 28.73)  # the printed row, from the paper's Table 2
