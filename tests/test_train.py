@@ -299,3 +299,14 @@ def test_bf16_only_where_the_cpu_has_it(monkeypatch):
     assert bf16_plan(True, torch.device("cpu"))[0]
     assert bf16_plan(False, torch.device("cpu")) == (False, "float32")
     assert not bf16_plan(True, torch.device("cuda"))[0]
+
+
+def test_native_bf16_probe_agrees_with_the_kernels_cpu_flags(monkeypatch):
+    from otmlib.utils import cpu_has_native_bf16
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo to compare with")
+    flags = set(cpuinfo.read_text().split())
+    monkeypatch.delenv("OTM_BF16", raising=False)
+    assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
