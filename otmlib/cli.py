@@ -27,6 +27,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  PSNR   {summary['psnr']:.2f} dB")
         print(f"  SSIM   {summary['ssim']:.4f}")
         print(f"  PSNR-B {summary['psnrb']:.2f} dB")
+        print(f"  block-edge ratio {summary['edge_ratio']:.2f} (squared step across 8x8 edges / inside; 1 = no blocking)")
     return 0
 
 
@@ -126,7 +127,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif cfg.init:
         e = trainer.init_from(cfg.init)
         print(f"G starts from {e['from']} ({e['mode']}, Q{e['quality']}, {e['steps']} steps, "
-              f"{e['cpu_hours']:.2f} CPU-hours, carried into this run's provenance)", file=sys.stderr)
+              f"{e['cpu_hours']:.2f} CPU-hours, carried into this run's provenance)"
+              + ("; its shift-and-average folded into the deconvolution" if e.get("folded_shift_and_average") else ""),
+              file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     (out / "data.json").write_text(json.dumps({"description": sets.description, "sha256": sets.sha256}, indent=1))
     trainer.fit()
@@ -152,7 +155,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         q = int(ck["config"]["data"]["quality"])
         rep = evaluate(args.evaluate, q, model_restorer(str(out)), progress=True)
         scores[f"{Path(args.evaluate).name} Q{q}"] = {k: round(v, 4) if isinstance(v, float) else v
-                                                     for k, v in rep.summary().items() if k in ("n", "psnr", "ssim", "psnrb")}
+                                                     for k, v in rep.summary().items() if k in ("n", "psnr", "ssim", "psnrb", "edge_ratio")}
         out = export_generator(ck, out, data_description=data["description"], data_sha256=data["sha256"],
                                scores=scores, force=True)
         print(f"scores: {scores}")

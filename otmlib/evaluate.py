@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from otmlib import jpeg
 from otmlib.imageio import ImageError, list_images, load_image
-from otmlib.metrics import all_metrics
+from otmlib.metrics import all_metrics, block_edge_ratio
 
 # A restorer maps the decoded 8-bit luminance and its quantisation table to restored 8-bit luminance.
 Restorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -58,6 +58,7 @@ class ImageScore:
     psnr: float
     ssim: float
     psnrb: float
+    edge_ratio: float  # D_B / D_Bc of the output: squared step across 8x8 edges over inside (1 = none)
 
 
 @dataclass
@@ -79,12 +80,13 @@ class EvalReport:
         return float(np.mean(vals)) if vals else math.nan
 
     def summary(self) -> dict:
-        """``n``, ``psnr``, ``ssim``, ``psnrb`` (+ what was measured on what)."""
+        """``n``, ``psnr``, ``ssim``, ``psnrb``, ``edge_ratio`` (+ what was measured on what)."""
         return {
             "n": self.n,
             "psnr": self.mean("psnr"),
             "ssim": self.mean("ssim"),
             "psnrb": self.mean("psnrb"),
+            "edge_ratio": self.mean("edge_ratio"),
             "quality": self.quality,
             "model": self.model,
             "data": self.data,
@@ -96,12 +98,16 @@ class EvalReport:
 
 
 def score_image(y: np.ndarray, quality: int, restorer: Restorer) -> dict[str, float]:
-    """Compress 8-bit luminance ``y`` at ``quality``, restore it, and score it against ``y``."""
+    """Compress 8-bit luminance ``y`` at ``quality``, restore it, and score it against ``y``.
+
+    PSNR, SSIM, PSNR-B (Table 2) and the output's block-edge ratio (:func:`block_edge_ratio`, the
+    D_B / D_Bc behind PSNR-B's penalty), which says how much blocking is left.
+    """
     comp = jpeg.compress(y, quality)
     out = restorer(comp.pixels, comp.luma_table)
     if out.shape != y.shape or out.dtype != np.uint8:
         raise RuntimeError(f"restorer returned {out.dtype} {out.shape}, expected uint8 {y.shape}")
-    return all_metrics(y, out)
+    return {**all_metrics(y, out), "edge_ratio": block_edge_ratio(out)}
 
 
 def evaluate(
@@ -158,13 +164,15 @@ def table2_frame(ours: dict[tuple[int, str], dict], cpu_hours: dict[tuple[int, s
     """The paper's printed rows beside ours, as a pandas DataFrame (one row per quality x approach).
 
     ``ours`` maps ``(quality, name)`` to an :meth:`EvalReport.summary`-like dict; ``cpu_hours``
-    maps the same keys to the training CPU-hours behind a row (trained rows only).
+    maps the same keys to the training CPU-hours behind a row (trained rows only). ``edge_ratio``
+    (ours only: the paper does not print it) is the mean block-edge ratio of the outputs.
     """
     import pandas as pd
 
-    rows = [dict(quality=q, approach=a, source="paper", psnr=v[0], ssim=v[1], psnrb=v[2], n=200, cpu_hours=None)
-            for (q, a), v in PAPER_TABLE2.items()]
+    rows = [dict(quality=q, approach=a, source="paper", psnr=v[0], ssim=v[1], psnrb=v[2], n=200, cpu_hours=None,
+                 edge_ratio=None) for (q, a), v in PAPER_TABLE2.items()]
     for (q, name), s in ours.items():
         rows.append(dict(quality=q, approach=name, source="ours", psnr=s["psnr"], ssim=s["ssim"],
-                         psnrb=s["psnrb"], n=s["n"], cpu_hours=(cpu_hours or {}).get((q, name))))
+                         psnrb=s["psnrb"], n=s["n"], cpu_hours=(cpu_hours or {}).get((q, name)),
+                         edge_ratio=s.get("edge_ratio")))
     return pd.DataFrame(rows).sort_values(["quality", "source", "approach"], kind="stable").reset_index(drop=True)

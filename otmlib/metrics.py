@@ -54,20 +54,18 @@ def ssim(ref: np.ndarray, out: np.ndarray) -> float:
     )
 
 
-def blocking_effect_factor(img: np.ndarray, block: int = 8) -> float:
-    """BEF of Yim & Bovik 2011, eqs. (4)-(8): excess squared step across block boundaries.
+def block_edge_terms(img: np.ndarray, block: int = 8) -> tuple[float, float]:
+    """``(D_B, D_Bc)`` of Yim & Bovik 2011, eqs. (4)-(7): mean squared step across / inside 8x8 blocks.
 
-    ``D_B`` sums squared differences of neighbouring pixels across 8x8 boundaries (both
+    ``D_B`` sums squared differences of neighbouring pixels across block boundaries (both
     directions), ``D_Bc`` those of neighbours inside blocks. They are normalised by the pair
     counts *as the paper writes them*, ``N_HB = N_V (N_H / B - 1)`` and ``N_VB = N_H (N_V / B - 1)``
-    (fractional where a side is not a multiple of B), and ``BEF = eta (D_B - D_Bc)`` with
-    ``eta = log2(B) / log2(min(H, W))`` when ``D_B > D_Bc``, else 0. These counts reproduce the
-    JPEG row of Table 2 on BSDS500 test (481x321) to 0.01 dB; integer counts do not.
+    (fractional where a side is not a multiple of B). NaN for an image under two blocks a side.
     """
     x = np.asarray(img, dtype=np.float64)
     h, w = x.shape
     if h < 2 * block or w < 2 * block:
-        return 0.0  # no interior block boundary to measure
+        return math.nan, math.nan  # no interior block boundary to measure
     dh = (x[:, 1:] - x[:, :-1]) ** 2  # pair (c, c+1) at index c
     dv = (x[1:, :] - x[:-1, :]) ** 2
     hb = np.zeros(w - 1, dtype=bool)
@@ -80,8 +78,30 @@ def blocking_effect_factor(img: np.ndarray, block: int = 8) -> float:
     n_vbc = w * (h - 1) - n_vb
     d_b = (dh[:, hb].sum() + dv[vb, :].sum()) / (n_hb + n_vb)
     d_bc = (dh[:, ~hb].sum() + dv[~vb, :].sum()) / (n_hbc + n_vbc)
-    if d_b <= d_bc:
+    return float(d_b), float(d_bc)
+
+
+def block_edge_ratio(img: np.ndarray, block: int = 8) -> float:
+    """``D_B / D_Bc``: how much larger the squared step across 8x8 block edges is than inside blocks.
+
+    About 1 for a photo (its edges ignore the coding grid), about 3 for a Q10 JPEG; the excess over
+    1 is what PSNR-B's BEF penalises (:func:`blocking_effect_factor`). NaN where undefined.
+    """
+    d_b, d_bc = block_edge_terms(img, block)
+    return d_b / d_bc if d_bc > 0 else math.nan
+
+
+def blocking_effect_factor(img: np.ndarray, block: int = 8) -> float:
+    """BEF of Yim & Bovik 2011, eq. (8): ``eta (D_B - D_Bc)`` where ``D_B > D_Bc``, else 0.
+
+    ``eta = log2(B) / log2(min(H, W))``; ``D_B``, ``D_Bc`` from :func:`block_edge_terms`. These
+    pair counts reproduce the JPEG row of Table 2 on BSDS500 test (481x321) to 0.01 dB; integer
+    counts do not. 0 for an image under two blocks a side (no interior boundary).
+    """
+    d_b, d_bc = block_edge_terms(img, block)
+    if math.isnan(d_b) or d_b <= d_bc:
         return 0.0
+    h, w = np.shape(img)
     return float(math.log2(block) / math.log2(min(h, w)) * (d_b - d_bc))
 
 

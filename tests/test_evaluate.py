@@ -26,6 +26,7 @@ def test_jpeg_row_of_table2_on_bsds500_test(shared_data, quality):
     psnr, psnrb = PAPER_JPEG_ROW[quality]
     assert report.mean("psnr") == pytest.approx(psnr, abs=0.02)
     assert report.mean("psnrb") == pytest.approx(psnrb, abs=0.02)
+    assert report.mean("edge_ratio") > 2  # a JPEG steps across its 8x8 edges (a photo: ~1)
     # Our SSIM is Wang et al.'s; the paper's column is not reproducible (README), so bound it only.
     assert 0.6 < report.mean("ssim") < 0.9
 
@@ -58,7 +59,7 @@ def test_cli_evaluate_json(sample_folder, capsys):
     assert main(["evaluate", "--data", str(sample_folder), "-q", "10", "--json", "--no-progress"]) == 0
     out = capsys.readouterr()
     obj = json.loads(out.out)
-    assert obj["n"] == 2 and {"psnr", "ssim", "psnrb"} <= obj.keys()
+    assert obj["n"] == 2 and {"psnr", "ssim", "psnrb", "edge_ratio"} <= obj.keys()
     assert "c_truncated.jpg" in out.err
 
 
@@ -80,13 +81,14 @@ def test_cli_demo_writes_figure(tmp_path, capsys):
 def test_table2_frame_puts_our_rows_beside_the_printed_ones():
     from otmlib.evaluate import PAPER_TABLE2, table2_frame
 
-    ours = {(10, "Baseline"): {"psnr": 29.2, "ssim": 0.81, "psnrb": 28.5, "n": 200},
+    ours = {(10, "Baseline"): {"psnr": 29.2, "ssim": 0.81, "psnrb": 28.5, "n": 200, "edge_ratio": 1.5},
             (20, "Baseline"): {"psnr": 31.3, "ssim": 0.88, "psnrb": 30.6, "n": 200}}
     t = table2_frame(ours, {(20, "Baseline"): 3.0})
     assert len(t) == len(PAPER_TABLE2) + 2
     assert list(t.quality) == sorted(t.quality)  # grouped by quality
     mine = t[t.source == "ours"].set_index("quality")
     assert mine.loc[10, "psnrb"] == 28.5 and mine.loc[20, "cpu_hours"] == 3.0
+    assert mine.loc[10, "edge_ratio"] == 1.5 and np.isnan(mine.loc[20, "edge_ratio"])
     assert mine.loc[10, "cpu_hours"] is None or np.isnan(mine.loc[10, "cpu_hours"])
     arcnn = t[(t.approach == "ARCNN") & (t.quality == 10)].iloc[0]
     assert (arcnn.psnr, arcnn.psnrb) == (29.10, 28.73)  # the printed row, from the paper's Table 2

@@ -33,8 +33,8 @@ def test_ssim_matches_torchmetrics(camera):
     assert 0.5 < ours < 0.95
 
 
-def _bef_by_loops(x: np.ndarray, b: int = 8) -> float:
-    """Yim & Bovik 2011 eqs. (4)-(8), written pair by pair."""
+def _terms_by_loops(x: np.ndarray, b: int = 8) -> tuple[float, float]:
+    """(D_B, D_Bc) of Yim & Bovik 2011 eqs. (4)-(8), written pair by pair."""
     x = x.astype(np.float64)
     h, w = x.shape
     sb = sbc = 0.0
@@ -55,6 +55,12 @@ def _bef_by_loops(x: np.ndarray, b: int = 8) -> float:
     n_hb, n_vb = h * (w / b - 1), w * (h / b - 1)
     db = sb / (n_hb + n_vb)
     dbc = sbc / (h * (w - 1) - n_hb + w * (h - 1) - n_vb)
+    return db, dbc
+
+
+def _bef_by_loops(x: np.ndarray, b: int = 8) -> float:
+    db, dbc = _terms_by_loops(x, b)
+    h, w = x.shape
     return math.log2(b) / math.log2(min(h, w)) * (db - dbc) if db > dbc else 0.0
 
 
@@ -66,6 +72,21 @@ def test_bef_matches_the_formula_written_out(shape):
     bef = metrics.blocking_effect_factor(x)
     assert bef > 0
     assert bef == pytest.approx(_bef_by_loops(x), rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(32, 48), (27, 41)])
+def test_block_edge_terms_match_the_loops(shape, camera):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=shape).astype(np.uint8)
+    x[7::8, :] = 0
+    d_b, d_bc = metrics.block_edge_terms(x)
+    assert (d_b, d_bc) == pytest.approx(_terms_by_loops(x), rel=1e-12)
+    assert metrics.block_edge_ratio(x) == pytest.approx(d_b / d_bc, rel=1e-12)
+    ramp = np.tile(np.arange(64, dtype=np.uint8), (64, 1))
+    assert metrics.block_edge_ratio(ramp) == pytest.approx(1.0)  # by hand: D_B = D_Bc = 1/2
+    dec = jpeg.compress(camera, 10).pixels
+    assert metrics.block_edge_ratio(dec) > 2 > 1.2 > metrics.block_edge_ratio(camera)
+    assert math.isnan(metrics.block_edge_ratio(np.zeros((8, 40), np.uint8)))
 
 
 def test_psnrb_hand_cases(camera):
