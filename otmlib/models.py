@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,7 @@ class GeneratorConfig:
     kernel: int = 4  # filter size of the stride-s conv and deconv (reconstructed; Sec. 3.2.2 uses 4 in 1-D)
     stride: int = 2  # down/up-sampling factor (Sec. 3.2.1)
     shift_and_average: bool = True  # Sec. 3.2.2; False reproduces Fig. 8(a)
+    deconv_kernel: int | None = None  # the deconv's filter size when not ``kernel`` (see fold_shift_and_average)
     noise: bool = True  # the z branch; False = the paper's "baseline" (Table 2)
     noise_sigma: float = 1.0  # std of z ~ N(0, sigma^2) (reconstructed)
     residual: bool = True  # predict x' + correction (ours: the paper is silent; trains much faster)
@@ -91,6 +93,8 @@ class GeneratorConfig:
                 f"need kernel >= stride >= 1 and kernel - stride even, got kernel={self.kernel}, "
                 f"stride={self.stride}"
             )
+        if self.deconv_kernel is not None and self.deconv_kernel < self.stride:
+            raise ValueError(f"need deconv_kernel >= stride, got {self.deconv_kernel}")
         if self.width < 1 or self.branch_units < 0 or self.agg_units < 0 or self.noise_sigma <= 0:
             raise ValueError(f"invalid GeneratorConfig: {self}")
 
@@ -186,10 +190,11 @@ class Generator(nn.Module):
         agg: list[nn.Module] = [PreActResidualUnit(w) for _ in range(cfg.agg_units)]
         agg += [nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
         self.aggregate = nn.Sequential(*agg)
-        self.deconv = nn.ConvTranspose2d(w, cfg.channels, k, s, padding=(k - s) // 2)
+        kd = cfg.deconv_kernel or k
+        self.deconv = nn.ConvTranspose2d(w, cfg.channels, kd, s, padding=(k - s) // 2)
         # low-res feature pixels replicated on each side before the deconv, so that every kept
         # output pixel gets all its filter taps and its shifted copies (see _upsample)
-        self._up_margin = math.ceil((k - 1 - (k - s) // 2) / s)
+        self._up_margin = math.ceil((kd - 1 - (k - s) // 2) / s)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -199,7 +204,7 @@ class Generator(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        k, s = self.cfg.kernel, self.cfg.stride
+        k, s = self.cfg.deconv_kernel or self.cfg.kernel, self.cfg.stride
         # each deconv output pixel sees (k/s)^2 taps per input channel, not k^2
         _he_uniform_(self.deconv.weight, max(1, round(self.cfg.width * k * k / (s * s))))
         with torch.no_grad():
@@ -277,6 +282,33 @@ class Generator(nn.Module):
             f = self.fuse(torch.cat([f, g], dim=1))
         r = self._upsample(self.aggregate(f))[..., :h, :w]
         return x + PIXEL_SCALE * r if cfg.residual else PIXEL_MEAN + PIXEL_SCALE * r
+
+
+def fold_shift_and_average(G: Generator) -> Generator:
+    r"""The same function as ``G`` without a shift-and-average step: the box mean folded into the deconv.
+
+    Shift-and-average is a fixed linear filter after a linear layer, so the two compose into one
+    stride-``s`` deconvolution with an ``(k + s - 1)``-tap filter,
+    :math:`w'_{t} = \frac{1}{s^2} \sum_{d_y, d_x < s} w_{t_y - d_y,\, t_x - d_x}` (zero outside ``w``).
+    The returned G computes the same output (to float rounding) but, trained further, its deconvolution
+    is free to leave the constant-input constraint (paper Sec. 3.2.2), which the paper says a
+    per-pixel loss learns by itself, and to make the 1-pixel steps a residual needs at 8x8 block
+    edges, which an ``s x s`` box mean can only approximate.
+    """
+    cfg = G.cfg
+    if not cfg.shift_and_average:
+        raise ValueError("this generator has no shift-and-average step to fold")
+    s, k = cfg.stride, cfg.deconv_kernel or cfg.kernel
+    new = Generator(dataclasses.replace(cfg, shift_and_average=False, deconv_kernel=k + s - 1))
+    state = {n: t for n, t in G.state_dict().items() if not n.startswith("deconv.")}
+    w = G.deconv.weight.detach()
+    folded = torch.zeros(*w.shape[:2], k + s - 1, k + s - 1, dtype=w.dtype)
+    for dy in range(s):
+        for dx in range(s):
+            folded[..., dy : dy + k, dx : dx + k] += w / (s * s)
+    state["deconv.weight"], state["deconv.bias"] = folded, G.deconv.bias.detach().clone()
+    new.load_state_dict(state)
+    return new.to(w.device)
 
 
 def _pad_bottom_right(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
@@ -438,5 +470,6 @@ def count_flops_per_pixel(cfg: GeneratorConfig) -> float:
     branches = 2 if cfg.noise else 1
     per_low_res = branches * (c * w * k * k + cfg.branch_units * 2 * w * w * 9)
     per_low_res += (2 * w * w if cfg.noise else 0) + cfg.agg_units * 2 * w * w * 9
-    per_low_res += w * c * k * k  # deconv: each low-res pixel scatters k^2 taps per output channel
+    kd = cfg.deconv_kernel or k
+    per_low_res += w * c * kd * kd  # deconv: each low-res pixel scatters kd^2 taps per output channel
     return per_low_res / (s * s)

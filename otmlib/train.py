@@ -35,7 +35,7 @@ from otmlib import jpeg
 from otmlib.data import CodedImage, DataConfig, JpegPatchDataset, StreamSampler
 from otmlib.losses import LossWeights, PerceptualLoss, combined_generator_loss, discriminator_loss, naturalness_loss
 from otmlib.metrics import psnr, psnr_b
-from otmlib.models import Discriminator, Generator, GeneratorConfig
+from otmlib.models import Discriminator, Generator, GeneratorConfig, fold_shift_and_average
 from otmlib.utils import bf16_plan, cpu_description, default_device
 
 MODES = ("baseline", "one-to-many")
@@ -267,12 +267,20 @@ class Trainer:
             step, wall, cpu = int(ck["step"]), float(ck["wall"]), float(ck.get("cpu", ck["wall"]))
             mode, quality = ck["config"]["mode"], int(ck["config"]["data"]["quality"])
             lineage = list(ck.get("lineage", []))
-        if GeneratorConfig(**gen) != self.cfg.gen:
+        parent_cfg, folded = GeneratorConfig(**gen), False
+        if parent_cfg != self.cfg.gen and parent_cfg.shift_and_average and not self.cfg.gen.shift_and_average:
+            parent = Generator(parent_cfg)
+            parent.load_state_dict(state)
+            parent = fold_shift_and_average(parent)  # the same function, box mean in the deconv
+            parent_cfg, state, folded = parent.cfg, parent.state_dict(), True
+        if parent_cfg != self.cfg.gen:
             raise ValueError(f"{path}: its network ({gen}) is not this run's ({asdict(self.cfg.gen)}); "
                              "fine-tuning needs the same generator settings")
         self.G.load_state_dict(state)
         entry = {"from": str(path), "mode": mode, "quality": quality, "steps": step,
                  "cpu_hours": round(cpu / 3600, 4)}
+        if folded:
+            entry["folded_shift_and_average"] = True
         self.lineage = lineage + [entry]
         self.wall, self.cpu = wall, cpu
         return entry

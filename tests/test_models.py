@@ -15,6 +15,7 @@ from otmlib.models import (
     GeneratorConfig,
     PreActResidualUnit,
     count_flops_per_pixel,
+    fold_shift_and_average,
     restore_tiled,
     shift_and_average,
 )
@@ -54,6 +55,30 @@ def test_generator_keeps_shape(noise, channels, size):
     y = G(x)
     assert y.shape == x.shape and y.dtype == torch.float32
     assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("stride,kernel", [(2, 4), (3, 5)])
+@pytest.mark.parametrize("noise", [False, True])
+def test_folding_shift_and_average_keeps_the_function(stride, kernel, noise):
+    """Box mean after the deconvolution == one larger deconvolution (its filter the box-smeared one)."""
+    G = warmed_up(tiny(stride=stride, kernel=kernel, noise=noise))
+    with torch.no_grad():  # a filter far from the constant-input constraint, so the box matters
+        G.deconv.weight.normal_(0, 0.5)
+        G.deconv.bias.fill_(0.1)
+    F_ = fold_shift_and_average(G).eval()
+    assert not F_.cfg.shift_and_average and F_.cfg.deconv_kernel == kernel + stride - 1
+    assert F_.deconv.weight.shape[-1] == kernel + stride - 1
+    for size in [(37, 53), (48, 48), (8, 13)]:
+        x = torch.rand(2, 1, *size) * 255
+        with torch.no_grad():
+            a, b = G(x, seed=3), F_(x, seed=3)
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-3)
+        G.cfg.shift_and_average = False  # and the box did matter: without it the output differs
+        with torch.no_grad():
+            assert (G(x, seed=3) - a).abs().max() > 1.0
+        G.cfg.shift_and_average = True
+    with pytest.raises(ValueError, match="no shift-and-average"):
+        fold_shift_and_average(F_)
 
 
 def test_residual_unit_is_identity_plus_branch():

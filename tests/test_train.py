@@ -289,6 +289,26 @@ def test_fine_tuning_refuses_a_different_network(images, tmp_path):
         Trainer(tiny("baseline", tmp_path / "c"), train, val, progress=False).init_from(tmp_path / "junk.pt")
 
 
+def test_fine_tuning_can_fold_shift_and_average(images, tmp_path):
+    """A run without shift-and-average starts from one with it: same outputs at step 0, noted in the lineage."""
+    train, val = images
+    parent = Trainer(tiny("baseline", tmp_path / "sa"), train, val, progress=False)
+    parent.fit(2)
+    cfg = tiny("baseline", tmp_path / "folded")
+    cfg.gen.shift_and_average, cfg.gen.deconv_kernel = False, cfg.gen.kernel + cfg.gen.stride - 1
+    child = Trainer(cfg, train, val, progress=False)
+    entry = child.init_from(parent.ckpt_path)
+    assert entry["folded_shift_and_average"]
+    x = torch.rand(2, 1, 40, 56) * 255
+    parent.G.eval(), child.G.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(child.G(x), parent.G(x), rtol=0, atol=1e-3)
+    wrong = tiny("baseline", tmp_path / "wrong")
+    wrong.gen.shift_and_average = False  # a 4x4 deconv cannot hold the folded 5x5 filter
+    with pytest.raises(ValueError, match="same generator settings"):
+        Trainer(wrong, train, val, progress=False).init_from(parent.ckpt_path)
+
+
 def test_bf16_only_where_the_cpu_has_it(monkeypatch):
     from otmlib.utils import bf16_plan
 
