@@ -8,7 +8,7 @@ luminance; the report is the mean over images.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -144,6 +144,30 @@ def evaluate(
         report.scores.append(ImageScore(path.name, **score_image(y, quality, restorer)))
         bar.set_postfix(psnr=f"{report.mean('psnr'):.2f}", refresh=False)
     return report
+
+
+def table2_rows(
+    test_dir: str | Path, qualities: Sequence[int], models: Sequence[str], *, limit: int | None = None,
+    progress: bool = False,
+) -> tuple[dict[tuple[int, str], dict], dict[tuple[int, str], float]]:
+    """Our Table 2 rows: the JPEG at each quality and each baseline model at the quality it was trained for.
+
+    ``models`` are shipped names or release files; returns ``(ours, cpu_hours)`` keyed by
+    ``(quality, "JPEG" | "Baseline")``, ready for :func:`table2_frame`. A later model of the same
+    quality replaces an earlier one.
+    """
+    from otmlib.zoo import read_metadata, resolve
+
+    ours: dict[tuple[int, str], dict] = {}
+    cpu_hours: dict[tuple[int, str], float] = {}
+    for q in qualities:
+        ours[(q, "JPEG")] = evaluate(test_dir, q, "jpeg", limit=limit, progress=progress).summary()
+    for name in models:
+        meta = read_metadata(resolve(name))
+        q = int(meta["quality"])
+        ours[(q, "Baseline")] = evaluate(test_dir, q, model_restorer(name), limit=limit, progress=progress).summary()
+        cpu_hours[(q, "Baseline")] = float(meta["cpu_hours"])
+    return ours, cpu_hours
 
 
 # Table 2 of the paper as printed: (quality, approach) -> (PSNR dB, SSIM, PSNR-B dB)

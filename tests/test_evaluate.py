@@ -92,3 +92,19 @@ def test_table2_frame_puts_our_rows_beside_the_printed_ones():
     assert mine.loc[10, "cpu_hours"] is None or np.isnan(mine.loc[10, "cpu_hours"])
     arcnn = t[(t.approach == "ARCNN") & (t.quality == 10)].iloc[0]
     assert (arcnn.psnr, arcnn.psnrb) == (29.10, 28.73)  # the printed row, from the paper's Table 2
+
+
+def test_table2_rows_score_each_model_at_its_own_quality(tmp_path, camera):
+    from PIL import Image
+
+    from otmlib.evaluate import table2_rows
+    from otmlib.zoo import read_metadata, shipped
+
+    for i, (r, c) in enumerate([(0, 0), (100, 120)]):
+        Image.fromarray(camera[r : r + 64, c : c + 80]).save(tmp_path / f"{i}.png")
+    ours, cpu = table2_rows(tmp_path, [10, 20], ["baseline-q10"])
+    assert set(ours) == {(10, "JPEG"), (20, "JPEG"), (10, "Baseline")} and set(cpu) == {(10, "Baseline")}
+    assert cpu[(10, "Baseline")] == float(read_metadata(shipped()["baseline-q10"])["cpu_hours"])
+    direct = evaluate(tmp_path, 20, "jpeg", progress=False).summary()
+    assert ours[(20, "JPEG")]["psnr"] == direct["psnr"] and ours[(20, "JPEG")]["n"] == 2
+    assert ours[(10, "Baseline")]["psnr"] > ours[(10, "JPEG")]["psnr"]  # the model does restore
