@@ -163,6 +163,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe_network(gen: dict) -> str:
+    """One line: G's size and how it upsamples (Sec. 3.2), from a release file's gen_config."""
+    units = gen["branch_units"] + gen["agg_units"]
+    k, s = gen["kernel"], gen["stride"]
+    kd = gen.get("deconv_kernel") or k
+    up = f"{kd}x{kd} stride-{s} deconvolution" + (" + shift-and-average" if gen["shift_and_average"] else
+                                                   " (no shift-and-average)")
+    z = ", z branch" if gen["noise"] else ""
+    return f"{units} residual units of width {gen['width']}{z}, {up}"
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from otmlib.zoo import read_metadata, shipped
 
@@ -176,8 +187,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
         steps = m.get("steps_total", m["steps"])
         print(f"{name}: {m['mode']} Q{m['quality']}, {steps} steps, {hours:.1f} h wall, {cpu} CPU-hours")
         for e in json.loads(m.get("lineage", "[]")):
+            folded = ", its shift-and-average folded into the deconvolution" if e.get("folded_shift_and_average") else ""
             print(f"    started from {e['mode']} Q{e['quality']} ({e['steps']} steps, {e['cpu_hours']:.2f} CPU-hours"
-                  f" in total), then {m['steps']} steps here")
+                  f" in total{folded}), then {m['steps']} steps here")
+        print(f"    network: {_describe_network(json.loads(m['gen_config']))}")
         print(f"    backbone: {m['backbone']}")
         print(f"    data: {m['data']}")
         print(f"    commit {m['git_commit']}, scores {m.get('scores', '{}')}")

@@ -108,3 +108,17 @@ def test_table2_rows_score_each_model_at_its_own_quality(tmp_path, camera):
     direct = evaluate(tmp_path, 20, "jpeg", progress=False).summary()
     assert ours[(20, "JPEG")]["psnr"] == direct["psnr"] and ours[(20, "JPEG")]["n"] == 2
     assert ours[(10, "Baseline")]["psnr"] > ours[(10, "JPEG")]["psnr"]  # the model does restore
+
+
+def test_cli_models_lists_each_shipped_network(capsys):
+    from otmlib.cli import _describe_network
+    from otmlib.models import GeneratorConfig
+    from otmlib.zoo import shipped
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("    network: ") == len(shipped()) > 0
+    paper = vars(GeneratorConfig(noise=False))
+    assert _describe_network(paper) == "9 residual units of width 64, 4x4 stride-2 deconvolution + shift-and-average"
+    folded = {**paper, "shift_and_average": False, "deconv_kernel": 5}
+    assert _describe_network(folded).endswith("5x5 stride-2 deconvolution (no shift-and-average)")
