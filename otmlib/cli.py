@@ -186,10 +186,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
         cpu = m.get("cpu_hours", f"{hours:.2f}")
         steps = m.get("steps_total", m["steps"])
         print(f"{name}: {m['mode']} Q{m['quality']}, {steps} steps, {hours:.1f} h wall, {cpu} CPU-hours")
-        for e in json.loads(m.get("lineage", "[]")):
-            folded = ", its shift-and-average folded into the deconvolution" if e.get("folded_shift_and_average") else ""
-            print(f"    started from {e['mode']} Q{e['quality']} ({e['steps']} steps, {e['cpu_hours']:.2f} CPU-hours"
-                  f" in total{folded}), then {m['steps']} steps here")
+        lineage = json.loads(m.get("lineage", "[]"))
+        for i, e in enumerate(lineage):  # oldest first; each entry's cpu_hours count its own parents too
+            how = "started from" if i == 0 else "then"
+            folded = "; its shift-and-average folded into the next stage's deconvolution" \
+                if e.get("folded_shift_and_average") else ""
+            print(f"    {how} {e['mode']} Q{e['quality']}: {e['steps']} steps ({e['cpu_hours']:.2f} CPU-hours in all)"
+                  f"{folded}")
+        if lineage:
+            print(f"    then {m['steps']} steps here")
         print(f"    network: {_describe_network(json.loads(m['gen_config']))}")
         print(f"    backbone: {m['backbone']}")
         print(f"    data: {m['data']}")

@@ -118,6 +118,10 @@ def test_cli_models_lists_each_shipped_network(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert out.count("    network: ") == len(shipped()) > 0
+    from otmlib.zoo import read_metadata
+
+    fine_tuned = [p for p in shipped().values() if json.loads(read_metadata(p).get("lineage", "[]"))]
+    assert out.count("steps here") == len(fine_tuned)  # one chain per fine-tuned model, its own steps last
     paper = vars(GeneratorConfig(noise=False))
     assert _describe_network(paper) == "9 residual units of width 64, 4x4 stride-2 deconvolution + shift-and-average"
     folded = {**paper, "shift_and_average": False, "deconv_kernel": 5}
