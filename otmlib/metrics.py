@@ -84,8 +84,9 @@ def block_edge_terms(img: np.ndarray, block: int = 8) -> tuple[float, float]:
 def block_edge_ratio(img: np.ndarray, block: int = 8) -> float:
     """``D_B / D_Bc``: how much larger the squared step across 8x8 block edges is than inside blocks.
 
-    About 1 for a photo (its edges ignore the coding grid), about 3 for a Q10 JPEG; the excess over
-    1 is what PSNR-B's BEF penalises (:func:`blocking_effect_factor`). NaN where undefined.
+    About 1 for a photo (its edges ignore the coding grid), 3.8 for a Q10 JPEG (BSDS500 test mean);
+    the excess over 1 is what PSNR-B's BEF penalises (:func:`blocking_effect_factor`). NaN where
+    undefined.
     """
     d_b, d_bc = block_edge_terms(img, block)
     return d_b / d_bc if d_bc > 0 else math.nan
