@@ -163,18 +163,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe_network(gen: dict) -> str:
-    """One line: G's size and how it upsamples (Sec. 3.2), from a release file's gen_config."""
-    units = gen["branch_units"] + gen["agg_units"]
-    k, s = gen["kernel"], gen["stride"]
-    kd = gen.get("deconv_kernel") or k
-    up = f"{kd}x{kd} stride-{s} deconvolution" + (" + shift-and-average" if gen["shift_and_average"] else
-                                                   " (no shift-and-average)")
-    z = ", z branch" if gen["noise"] else ""
-    return f"{units} residual units of width {gen['width']}{z}, {up}"
-
-
 def _cmd_models(args: argparse.Namespace) -> int:
+    from otmlib.models import GeneratorConfig
     from otmlib.zoo import read_metadata, shipped
 
     models = shipped()
@@ -195,7 +185,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
                   f"{folded}")
         if lineage:
             print(f"    then {m['steps']} steps here")
-        print(f"    network: {_describe_network(json.loads(m['gen_config']))}")
+        print(f"    network: {GeneratorConfig(**json.loads(m['gen_config'])).describe()}")
         print(f"    backbone: {m['backbone']}")
         print(f"    data: {m['data']}")
         print(f"    commit {m['git_commit']}, scores {m.get('scores', '{}')}")

@@ -84,6 +84,14 @@ class GeneratorConfig:
     residual: bool = True  # predict x' + correction (ours: the paper is silent; trains much faster)
     out_init_gain: float = 0.1  # scales the last layer's He init so G starts near x' (ours)
 
+    def describe(self) -> str:
+        """One line: G's size and how it upsamples (Sec. 3.2), as ``otm models`` prints it."""
+        kd = self.deconv_kernel or self.kernel
+        up = f"{kd}x{kd} stride-{self.stride} deconvolution" + (
+            " + shift-and-average" if self.shift_and_average else " (no shift-and-average)")
+        z = ", z branch" if self.noise else ""
+        return f"{self.branch_units + self.agg_units} residual units of width {self.width}{z}, {up}"
+
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grey) or 3 (colour), got {self.channels}")
@@ -302,7 +310,7 @@ def fold_shift_and_average(G: Generator) -> Generator:
     new = Generator(dataclasses.replace(cfg, shift_and_average=False, deconv_kernel=k + s - 1))
     state = {n: t for n, t in G.state_dict().items() if not n.startswith("deconv.")}
     w = G.deconv.weight.detach()
-    folded = torch.zeros(*w.shape[:2], k + s - 1, k + s - 1, dtype=w.dtype)
+    folded = torch.zeros(*w.shape[:2], k + s - 1, k + s - 1, dtype=w.dtype, device=w.device)
     for dy in range(s):
         for dx in range(s):
             folded[..., dy : dy + k, dx : dx + k] += w / (s * s)

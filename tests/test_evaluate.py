@@ -111,18 +111,15 @@ def test_table2_rows_score_each_model_at_its_own_quality(tmp_path, camera):
 
 
 def test_cli_models_lists_each_shipped_network(capsys):
-    from otmlib.cli import _describe_network
     from otmlib.models import GeneratorConfig
-    from otmlib.zoo import shipped
+    from otmlib.zoo import read_metadata, shipped
 
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert out.count("    network: ") == len(shipped()) > 0
-    from otmlib.zoo import read_metadata
-
     fine_tuned = [p for p in shipped().values() if json.loads(read_metadata(p).get("lineage", "[]"))]
     assert out.count("steps here") == len(fine_tuned)  # one chain per fine-tuned model, its own steps last
-    paper = vars(GeneratorConfig(noise=False))
-    assert _describe_network(paper) == "9 residual units of width 64, 4x4 stride-2 deconvolution + shift-and-average"
-    folded = {**paper, "shift_and_average": False, "deconv_kernel": 5}
-    assert _describe_network(folded).endswith("5x5 stride-2 deconvolution (no shift-and-average)")
+    paper = GeneratorConfig(noise=False)
+    assert paper.describe() == "9 residual units of width 64, 4x4 stride-2 deconvolution + shift-and-average"
+    folded = GeneratorConfig(noise=False, shift_and_average=False, deconv_kernel=5)
+    assert folded.describe().endswith("5x5 stride-2 deconvolution (no shift-and-average)")
