@@ -67,10 +67,13 @@ class TrainConfig:
     out: str = "runs/baseline-q10"
     seed: int = 0
     init: str | None = None  # start G from this run's last.pt or release file (fine-tuning); see init_from
+    ema: float = 0.0  # decay of a moving average of G's weights (0: off); see Trainer.G_eval
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema is a decay in [0, 1) (0 turns the average off), got {self.ema}")
         self.gen.noise = self.mode == "one-to-many"
         self.gen.channels = 3 if self.data.colour else 1
 
@@ -180,6 +183,8 @@ class Trainer:
         self.wall = 0.0  # seconds of training, summed over resumed runs
         self.cpu = 0.0  # CPU-seconds: wall seconds times the torch threads of each run
         self.lineage: list[dict] = []  # runs this one was initialised from, oldest first (init_from)
+        # the moving average of G (cfg.ema > 0): made from G when training starts, unless resumed
+        self.G_ema: Generator | None = None
         self.backbone_note = self.perceptual.describe() if self.perceptual else "none (per-pixel L2 baseline)"
 
     # ---------------------------------------------------------------- checkpoints
@@ -200,6 +205,7 @@ class Trainer:
             "D": self.D.state_dict() if self.D else {},
             "optD": self.optD.state_dict() if self.optD else {},
             "lineage": self.lineage,
+            **({"G_ema": self.G_ema.state_dict(), "ema": self.cfg.ema} if self.G_ema is not None else {}),
         }
 
     def save(self) -> Path | None:
@@ -228,6 +234,9 @@ class Trainer:
                 )
         self.G.load_state_dict(ck["G"])
         self.optG.load_state_dict(ck["optG"])
+        if self.cfg.ema and "G_ema" in ck:
+            self._start_ema()
+            self.G_ema.load_state_dict(ck["G_ema"])
         if self.D is not None:
             self.D.load_state_dict(ck["D"])
             self.optD.load_state_dict(ck["optD"])
@@ -263,7 +272,7 @@ class Trainer:
             ck = load_checkpoint(path)
             if ck.get("format") != "otm-checkpoint-1":
                 raise ValueError(f"{path}: not an otm training checkpoint or release file")
-            gen, state = ck["config"]["gen"], ck["G"]
+            gen, state = ck["config"]["gen"], ck.get("G_ema", ck["G"])  # the average when the run kept one
             step, wall, cpu = int(ck["step"]), float(ck["wall"]), float(ck.get("cpu", ck["wall"]))
             mode, quality = ck["config"]["mode"], int(ck["config"]["data"]["quality"])
             lineage = list(ck.get("lineage", []))
@@ -284,6 +293,33 @@ class Trainer:
         self.lineage = lineage + [entry]
         self.wall, self.cpu = wall, cpu
         return entry
+
+    # ---------------------------------------------------------------- weight averaging
+    def _start_ema(self) -> None:
+        import copy
+
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """``avg <- d avg + (1 - d) G`` for weights and BatchNorm running statistics (d = ``cfg.ema``).
+
+        The statistics are averaged like the weights (as timm's ModelEmaV2 does): they then describe
+        activations of weights near the average, not only of the last step's.
+        """
+        d = self.cfg.ema
+        for a, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            a.lerp_(p.detach(), 1.0 - d)
+        for a, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            if a.is_floating_point():
+                a.lerp_(b, 1.0 - d)
+            else:
+                a.copy_(b)
+
+    @property
+    def G_eval(self) -> Generator:
+        """The G that validation scores and ``otm export`` ships: the moving average when ``cfg.ema`` > 0."""
+        return self.G_ema if self.G_ema is not None else self.G
 
     # ---------------------------------------------------------------- logging
     @property
@@ -336,6 +372,8 @@ class Trainer:
             self.optG.zero_grad(set_to_none=True)
             loss.backward()
             self.optG.step()
+            if self.G_ema is not None:
+                self._update_ema()
             return {"l2": loss.item(), "psnr_batch": 10 * math.log10(255**2 / max(loss.item(), 1e-10))}
 
         q = batch["q"].to(self.device)
@@ -365,6 +403,8 @@ class Trainer:
         self.optG.zero_grad(set_to_none=True)
         total.backward()
         self.optG.step()
+        if self.G_ema is not None:
+            self._update_ema()
         rec.update(lp=lp.item(), lj=lj.item(), total=total.item())
         if ln is not None:
             rec["ln"] = ln.item()
@@ -391,15 +431,16 @@ class Trainer:
     # ---------------------------------------------------------------- validation
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean PSNR / PSNR-B on the held-out images (candidate with z seed 0 for one-to-many)."""
+        """Mean PSNR / PSNR-B of :attr:`G_eval` on the held-out images (z seed 0 for one-to-many)."""
         if not self.val_images:
             return {}
-        self.G.eval()
+        G = self.G_eval
+        G.eval()
         ps, pbs, pj = [], [], []
         for im in self.val_images:
             xj = torch.from_numpy(im.coded[None].astype(np.float32)).to(self.device)
             kw = {"seed": 0} if self.cfg.gen.noise else {}
-            y = self.G(xj, **kw).clamp(0, 255).round().to(torch.uint8)[0].cpu().numpy()
+            y = G(xj, **kw).clamp(0, 255).round().to(torch.uint8)[0].cpu().numpy()
             gt, dec = im.gt, im.coded
             if gt.shape[0] == 3:  # score colour on its luminance, like the paper
                 gt, y, dec = (jpeg.luminance(a.transpose(1, 2, 0)) for a in (gt, y, dec))
@@ -408,7 +449,7 @@ class Trainer:
             ps.append(psnr(gt, y))
             pbs.append(psnr_b(gt, y))
             pj.append(psnr(gt, dec))
-        self.G.train()
+        G.train()
         return {"val_psnr": float(np.mean(ps)), "val_psnrb": float(np.mean(pbs)), "val_psnr_jpeg": float(np.mean(pj))}
 
     # ---------------------------------------------------------------- the loop
@@ -416,6 +457,8 @@ class Trainer:
         """Train until ``steps`` total steps (default ``cfg.steps``); returns this call's records."""
         cfg = self.cfg
         target = steps if steps is not None else cfg.steps
+        if cfg.ema and self.G_ema is None:  # a new run, or one resumed from a checkpoint without an average
+            self._start_ema()
         if self.step == 0:
             self._write_log({"step": 0, "event": "start", "config": cfg.to_dict(), "backbone": self.backbone_note,
                              "data": self.data_description, "world": self.world, "device": str(self.device),
@@ -423,7 +466,8 @@ class Trainer:
                              "precision": self.precision, "cpu": cpu_description(),
                              "cpu_hours": self.cpu / 3600})
         else:  # a resumed run: record what may have changed (learning rate, threads, machine)
-            self._write_log({"step": self.step, "event": "resume", "lr": cfg.lr, "threads": torch.get_num_threads(),
+            self._write_log({"step": self.step, "event": "resume", "lr": cfg.lr, "ema": cfg.ema,
+                             "threads": torch.get_num_threads(),
                              "precision": self.precision, "cpu": cpu_description(),
                              "device": str(self.device), "world": self.world})
         loader = DataLoader(

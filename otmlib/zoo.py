@@ -45,7 +45,10 @@ def export_generator(
     scores: dict | None = None,
     force: bool = False,
 ) -> Path:
-    """Write G of a training checkpoint (see :mod:`otmlib.train`) as a release file."""
+    """Write G of a training checkpoint (see :mod:`otmlib.train`) as a release file.
+
+    A run that kept a moving average of G (``ema`` > 0) ships the average, what its validation scored.
+    """
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; pass force=True (--force) to replace it")
@@ -68,9 +71,11 @@ def export_generator(
         "git_commit": git_commit(),
         "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "scores": json.dumps(scores or {}),
+        "weights": (f"moving average of G, decay {checkpoint['ema']}" if "G_ema" in checkpoint
+                    else "G at the last step"),
     }
     tensors = {k: v.detach().float().contiguous() if v.is_floating_point() else v.contiguous()
-               for k, v in checkpoint["G"].items()}
+               for k, v in checkpoint.get("G_ema", checkpoint["G"]).items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)

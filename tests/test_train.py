@@ -330,3 +330,57 @@ def test_native_bf16_probe_agrees_with_the_kernels_cpu_flags(monkeypatch):
     flags = set(cpuinfo.read_text().split())
     monkeypatch.delenv("OTM_BF16", raising=False)
     assert cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def test_weight_average_follows_its_formula_and_leaves_g_alone(images, tmp_path):
+    """avg_t = d avg_{t-1} + (1 - d) G_t, by hand over three steps; G's own steps are unchanged by it."""
+    train, val = images
+    plain = Trainer(tiny("baseline", tmp_path / "plain"), train, val, progress=False)
+    plain.fit(3)
+    d = 0.9
+    t = Trainer(tiny("baseline", tmp_path / "avg", ema=d), train, val, progress=False)
+    expected = {k: v.clone().double() for k, v in t.G.state_dict().items()}  # the average starts at G_0
+    loader = iter(torch.utils.data.DataLoader(t.dataset, batch_size=4, sampler=train_mod.StreamSampler(0)))
+    t._start_ema()
+    for _ in range(3):
+        t.train_step(next(loader))
+        t.step += 1
+        for k, v in t.G.state_dict().items():
+            expected[k] = d * expected[k] + (1 - d) * v.double() if v.is_floating_point() else v.double()
+    assert _same_state(t.G.state_dict(), plain.G.state_dict())  # averaging is passive
+    got = t.G_ema.state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(got[k].double(), v, rtol=1e-5, atol=1e-6, msg=k)
+    moved = [k for k in got if got[k].is_floating_point() and not torch.equal(got[k], t.G.state_dict()[k])]
+    assert moved, "the average should differ from the last step's G"
+
+
+def test_weight_average_is_checkpointed_validated_and_shipped(images, tmp_path):
+    train, val = images
+    full = Trainer(tiny("baseline", tmp_path / "full", ema=0.5), train, val, progress=False)
+    full.fit(6)
+    half = Trainer(tiny("baseline", tmp_path / "half", ema=0.5), train, val, progress=False)
+    half.fit(3)
+    again = Trainer(tiny("baseline", tmp_path / "half", ema=0.5), train, val, progress=False)
+    assert again.resume() and again.G_ema is not None
+    again.fit(6)
+    assert _same_state(full.G_ema.state_dict(), again.G_ema.state_dict())  # resumed bit-identically
+    assert full.G_eval is full.G_ema
+    # validation scores the average: swapping the average for G changes the score
+    v_avg = full.validate()["val_psnr"]
+    G_ema, full.G_ema = full.G_ema, None
+    assert full.validate()["val_psnr"] != v_avg
+    full.G_ema = G_ema
+    ck = load_checkpoint(full.ckpt_path)
+    out = export_generator(ck, tmp_path / "avg.safetensors", data_description="test", data_sha256="")
+    G, meta = load_generator(out)
+    assert _same_state(G.state_dict(), {k: v.float() if v.is_floating_point() else v for k, v in ck["G_ema"].items()})
+    assert "moving average" in meta["weights"] and "0.5" in meta["weights"]
+    child = Trainer(tiny("baseline", tmp_path / "child", init=str(full.ckpt_path)), train, val, progress=False)
+    child.init_from(full.ckpt_path)
+    assert _same_state(child.G.state_dict(), ck["G_ema"])  # fine-tuning starts from what was shipped
+
+
+def test_weight_average_decay_is_checked():
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(ema=1.0)
