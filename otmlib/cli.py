@@ -186,6 +186,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
         if lineage:
             print(f"    then {m['steps']} steps here")
         print(f"    network: {GeneratorConfig(**json.loads(m['gen_config'])).describe()}")
+        if "weights" in m:  # files exported before the moving average existed are G at the last step
+            print(f"    weights: {m['weights']}")
         print(f"    backbone: {m['backbone']}")
         print(f"    data: {m['data']}")
         print(f"    commit {m['git_commit']}, scores {m.get('scores', '{}')}")
