@@ -55,6 +55,8 @@ class TrainConfig:
     steps: int = 10_000  # total optimiser steps of G
     epoch_samples: int = 20_000  # patches per "epoch" (the first one trains G alone)
     lr: float = 2e-4  # Adam, DCGAN settings (reconstructed)
+    lr_schedule: str = "constant"  # or "cosine": lr -> lr_end over `steps` (Loshchilov & Hutter 2017, no restarts)
+    lr_end: float = 0.0
     beta1: float = 0.5
     beta2: float = 0.999
     bf16: bool = True  # bfloat16 autocast on a CPU with native bf16 (2.5x faster there); else float32
@@ -72,6 +74,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema is a decay in [0, 1) (0 turns the average off), got {self.ema}")
         self.gen.noise = self.mode == "one-to-many"
@@ -294,6 +298,20 @@ class Trainer:
         self.wall, self.cpu = wall, cpu
         return entry
 
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimiser step ``step`` (0-based): a function of the step, so a resumed run agrees."""
+        cfg = self.cfg
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        t = min(step, cfg.steps) / max(cfg.steps, 1)
+        return cfg.lr_end + 0.5 * (cfg.lr - cfg.lr_end) * (1.0 + math.cos(math.pi * t))
+
+    def _set_lr(self) -> None:
+        lr = self.lr_at(self.step)
+        for opt in (self.optG, self.optD):
+            for group in (opt.param_groups if opt else []):
+                group["lr"] = lr
+
     # ---------------------------------------------------------------- weight averaging
     def _start_ema(self) -> None:
         import copy
@@ -494,6 +512,7 @@ class Trainer:
                     self._write_log({"step": self.step, "event": "stopped", "wall": self.wall})
                     break
                 batch = next(it)
+                self._set_lr()
                 ts = time.monotonic()
                 rec = self.train_step(batch)
                 dt_step = time.monotonic() - ts
@@ -504,7 +523,7 @@ class Trainer:
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == target:
                     dt = time.monotonic() - t0
-                    rec.update(step=self.step, epoch=self.step // self.steps_per_epoch,
+                    rec.update(step=self.step, epoch=self.step // self.steps_per_epoch, lr=self.lr_at(self.step - 1),
                                patches_per_s=n_since * cfg.batch_size * self.world / max(dt, 1e-9),
                                wall=self.wall, cpu_hours=self.cpu / 3600)
                     t0, n_since = time.monotonic(), 0

@@ -384,3 +384,22 @@ def test_weight_average_is_checkpointed_validated_and_shipped(images, tmp_path):
 def test_weight_average_decay_is_checked():
     with pytest.raises(ValueError, match="ema"):
         TrainConfig(ema=1.0)
+
+
+def test_cosine_schedule_matches_torch_and_is_what_the_optimiser_used(images, tmp_path):
+    train, val = images
+    cfg = tiny("baseline", tmp_path, lr=1e-3, lr_schedule="cosine", lr_end=1e-5)
+    t = Trainer(cfg, train, val, progress=False)
+    ref_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    ref = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=cfg.steps, eta_min=cfg.lr_end)
+    for step in range(cfg.steps + 1):
+        assert t.lr_at(step) == pytest.approx(ref.get_last_lr()[0], rel=1e-12)
+        ref_opt.step()
+        ref.step()
+    assert t.lr_at(0) == cfg.lr and t.lr_at(cfg.steps) == pytest.approx(cfg.lr_end)
+    t.fit(4)
+    assert t.optG.param_groups[0]["lr"] == t.lr_at(3)  # step 4 (0-based 3) ran with its scheduled rate
+    logged = [r["lr"] for r in t.read_log() if "l2" in r]
+    assert logged == [t.lr_at(s) for s in range(4)]
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
