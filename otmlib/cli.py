@@ -128,7 +128,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         e = trainer.init_from(cfg.init)
         print(f"G starts from {e['from']} ({e['mode']}, Q{e['quality']}, {e['steps']} steps, "
               f"{e['cpu_hours']:.2f} CPU-hours, carried into this run's provenance)"
-              + ("; its shift-and-average folded into the deconvolution" if e.get("folded_shift_and_average") else ""),
+              + ("; its shift-and-average folded into the deconvolution" if e.get("folded_shift_and_average") else "")
+              + (f"; {e['added_identity_units']} residual units added as identities" if e.get("added_identity_units") else ""),
               file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     (out / "data.json").write_text(json.dumps({"description": sets.description, "sha256": sets.sha256}, indent=1))
@@ -181,8 +182,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
             how = "started from" if i == 0 else "then"
             folded = "; its shift-and-average folded into the next stage's deconvolution" \
                 if e.get("folded_shift_and_average") else ""
+            grown = f"; {e['added_identity_units']} residual units added as identities for the next stage" \
+                if e.get("added_identity_units") else ""
             print(f"    {how} {e['mode']} Q{e['quality']}: {e['steps']} steps ({e['cpu_hours']:.2f} CPU-hours in all)"
-                  f"{folded}")
+                  f"{folded}{grown}")
         if lineage:
             print(f"    then {m['steps']} steps here")
         print(f"    network: {GeneratorConfig(**json.loads(m['gen_config'])).describe()}")

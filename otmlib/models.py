@@ -31,6 +31,8 @@ __all__ = [
     "GeneratorConfig",
     "PreActResidualUnit",
     "shift_and_average",
+    "fold_shift_and_average",
+    "grow_aggregation",
     "Generator",
     "Discriminator",
     "restore_tiled",
@@ -317,6 +319,29 @@ def fold_shift_and_average(G: Generator) -> Generator:
     state["deconv.weight"], state["deconv.bias"] = folded, G.deconv.bias.detach().clone()
     new.load_state_dict(state)
     return new.to(w.device)
+
+
+def grow_aggregation(G: Generator, agg_units: int) -> Generator:
+    """The same function as ``G`` with ``agg_units`` residual units in the aggregation sub-network.
+
+    The added units go after ``G``'s own (before the final BN + ReLU) and start as identities: the
+    last convolution of each is zero, so ``x + body(x) = x`` (as in "zero-init residual" training,
+    Goyal et al. 2017). Trained further, they add capacity without first undoing what ``G`` learned.
+    """
+    cfg = G.cfg
+    if agg_units <= cfg.agg_units:
+        raise ValueError(f"grow_aggregation adds units: {agg_units} <= the {cfg.agg_units} G has")
+    new = Generator(dataclasses.replace(cfg, agg_units=agg_units)).to(G.deconv.weight.device)
+    old, state = G.state_dict(), new.state_dict()
+    tail = cfg.agg_units  # index of the final BN in G.aggregate; it moves to agg_units in the new G
+    for name, t in old.items():
+        if name.startswith(f"aggregate.{tail}."):
+            name = f"aggregate.{agg_units}." + name.split(".", 2)[2]
+        state[name] = t.clone()
+    for i in range(cfg.agg_units, agg_units):
+        state[f"aggregate.{i}.body.5.weight"].zero_()
+    new.load_state_dict(state)
+    return new
 
 
 def _pad_bottom_right(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:

@@ -35,7 +35,7 @@ from otmlib import jpeg
 from otmlib.data import CodedImage, DataConfig, JpegPatchDataset, StreamSampler
 from otmlib.losses import LossWeights, PerceptualLoss, combined_generator_loss, discriminator_loss, naturalness_loss
 from otmlib.metrics import psnr, psnr_b
-from otmlib.models import Discriminator, Generator, GeneratorConfig, fold_shift_and_average
+from otmlib.models import Discriminator, Generator, GeneratorConfig, fold_shift_and_average, grow_aggregation
 from otmlib.utils import bf16_plan, cpu_description, default_device
 
 MODES = ("baseline", "one-to-many")
@@ -286,6 +286,14 @@ class Trainer:
             parent.load_state_dict(state)
             parent = fold_shift_and_average(parent)  # the same function, box mean in the deconv
             parent_cfg, state, folded = parent.cfg, parent.state_dict(), True
+        grown = 0
+        if parent_cfg != self.cfg.gen and dataclasses.replace(parent_cfg, agg_units=self.cfg.gen.agg_units) == \
+                self.cfg.gen and self.cfg.gen.agg_units > parent_cfg.agg_units:
+            parent = Generator(parent_cfg)
+            parent.load_state_dict(state)
+            grown = self.cfg.gen.agg_units - parent_cfg.agg_units
+            parent = grow_aggregation(parent, self.cfg.gen.agg_units)  # the same function, more units
+            parent_cfg, state = parent.cfg, parent.state_dict()
         if parent_cfg != self.cfg.gen:
             raise ValueError(f"{path}: its network ({gen}) is not this run's ({asdict(self.cfg.gen)}); "
                              "fine-tuning needs the same generator settings")
@@ -294,6 +302,8 @@ class Trainer:
                  "cpu_hours": round(cpu / 3600, 4)}
         if folded:
             entry["folded_shift_and_average"] = True
+        if grown:
+            entry["added_identity_units"] = grown
         self.lineage = lineage + [entry]
         self.wall, self.cpu = wall, cpu
         return entry

@@ -16,6 +16,7 @@ from otmlib.models import (
     PreActResidualUnit,
     count_flops_per_pixel,
     fold_shift_and_average,
+    grow_aggregation,
     restore_tiled,
     shift_and_average,
 )
@@ -79,6 +80,25 @@ def test_folding_shift_and_average_keeps_the_function(stride, kernel, noise):
         G.cfg.shift_and_average = True
     with pytest.raises(ValueError, match="no shift-and-average"):
         fold_shift_and_average(F_)
+
+
+@pytest.mark.parametrize("noise", [False, True])
+def test_growing_the_aggregation_keeps_the_function(noise):
+    """Units added as identities: same output, more units, and each new unit does learn (its last conv is free)."""
+    G = warmed_up(tiny(noise=noise, agg_units=2))
+    H = grow_aggregation(G, 4).eval()
+    assert H.cfg.agg_units == 4 and sum(isinstance(m, PreActResidualUnit) for m in H.aggregate) == 4
+    x = torch.rand(2, 1, 37, 45) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(H(x, seed=1), G(x, seed=1), rtol=0, atol=1e-4)
+    for unit in list(H.aggregate)[2:4]:
+        assert not unit.body[5].weight.any()  # an identity: x + 0
+        with torch.no_grad():
+            unit.body[5].weight.normal_(0, 0.1)
+    with torch.no_grad():  # the new units are in the path: changing them changes the output
+        assert (H(x, seed=1) - G(x, seed=1)).abs().max() > 0.1
+    with pytest.raises(ValueError, match="adds units"):
+        grow_aggregation(G, 2)
 
 
 def test_residual_unit_is_identity_plus_branch():

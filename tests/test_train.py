@@ -309,6 +309,26 @@ def test_fine_tuning_can_fold_shift_and_average(images, tmp_path):
         Trainer(wrong, train, val, progress=False).init_from(parent.ckpt_path)
 
 
+def test_fine_tuning_can_add_identity_units(images, tmp_path):
+    """A run with more aggregation units starts from a smaller one: same outputs at step 0, noted in the lineage."""
+    train, val = images
+    parent = Trainer(tiny("baseline", tmp_path / "small"), train, val, progress=False)
+    parent.fit(2)
+    cfg = tiny("baseline", tmp_path / "grown")
+    cfg.gen.agg_units += 2
+    child = Trainer(cfg, train, val, progress=False)
+    entry = child.init_from(parent.ckpt_path)
+    assert entry["added_identity_units"] == 2
+    x = torch.rand(2, 1, 40, 56) * 255
+    parent.G.eval(), child.G.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(child.G(x), parent.G(x), rtol=0, atol=1e-4)
+    fewer = tiny("baseline", tmp_path / "fewer")
+    fewer.gen.agg_units = 0  # units are only ever added
+    with pytest.raises(ValueError, match="same generator settings"):
+        Trainer(fewer, train, val, progress=False).init_from(parent.ckpt_path)
+
+
 def test_bf16_only_where_the_cpu_has_it(monkeypatch):
     from otmlib.utils import bf16_plan
 
