@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from otmlib import jpeg
@@ -187,8 +188,8 @@ class Trainer:
         self.wall = 0.0  # seconds of training, summed over resumed runs
         self.cpu = 0.0  # CPU-seconds: wall seconds times the torch threads of each run
         self.lineage: list[dict] = []  # runs this one was initialised from, oldest first (init_from)
-        # the moving average of G (cfg.ema > 0): made from G when training starts, unless resumed
-        self.G_ema: Generator | None = None
+        # the moving average of G (cfg.ema > 0), torch's AveragedModel; made when training starts, unless resumed
+        self.G_avg: AveragedModel | None = None
         self.backbone_note = self.perceptual.describe() if self.perceptual else "none (per-pixel L2 baseline)"
 
     # ---------------------------------------------------------------- checkpoints
@@ -209,7 +210,8 @@ class Trainer:
             "D": self.D.state_dict() if self.D else {},
             "optD": self.optD.state_dict() if self.optD else {},
             "lineage": self.lineage,
-            **({"G_ema": self.G_ema.state_dict(), "ema": self.cfg.ema} if self.G_ema is not None else {}),
+            **({"G_ema": self.G_avg.module.state_dict(), "ema": self.cfg.ema,
+                "ema_updates": int(self.G_avg.n_averaged)} if self.G_avg is not None else {}),
         }
 
     def save(self) -> Path | None:
@@ -240,13 +242,11 @@ class Trainer:
         self.optG.load_state_dict(ck["optG"])
         if self.cfg.ema and "G_ema" in ck:
             self._start_ema()
-            self.G_ema.load_state_dict(ck["G_ema"])
+            self.G_avg.module.load_state_dict(ck["G_ema"])
+            self.G_avg.n_averaged.fill_(int(ck.get("ema_updates", 1)))
         if self.D is not None:
             self.D.load_state_dict(ck["D"])
             self.optD.load_state_dict(ck["optD"])
-        for opt in (self.optG, self.optD):  # the config's lr wins: resuming with a lower --lr anneals
-            for group in (opt.param_groups if opt else []):
-                group["lr"] = self.cfg.lr
         self.step, self.wall = int(ck["step"]), float(ck["wall"])
         self.cpu = float(ck.get("cpu", ck["wall"]))  # runs before this field existed used one thread
         self.lineage = list(ck.get("lineage", []))
@@ -316,7 +316,7 @@ class Trainer:
         t = min(step, cfg.steps) / max(cfg.steps, 1)
         return cfg.lr_end + 0.5 * (cfg.lr - cfg.lr_end) * (1.0 + math.cos(math.pi * t))
 
-    def _set_lr(self) -> None:
+    def _set_lr(self) -> None:  # every step, from the config: resuming with a lower --lr anneals
         lr = self.lr_at(self.step)
         for opt in (self.optG, self.optD):
             for group in (opt.param_groups if opt else []):
@@ -324,30 +324,15 @@ class Trainer:
 
     # ---------------------------------------------------------------- weight averaging
     def _start_ema(self) -> None:
-        import copy
-
-        self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        """``avg <- d avg + (1 - d) G`` for weights and BatchNorm running statistics (d = ``cfg.ema``).
-
-        The statistics are averaged like the weights (as timm's ModelEmaV2 does): they then describe
-        activations of weights near the average, not only of the last step's.
-        """
-        d = self.cfg.ema
-        for a, p in zip(self.G_ema.parameters(), self.G.parameters()):
-            a.lerp_(p.detach(), 1.0 - d)
-        for a, b in zip(self.G_ema.buffers(), self.G.buffers()):
-            if a.is_floating_point():
-                a.lerp_(b, 1.0 - d)
-            else:
-                a.copy_(b)
+        """``avg <- d avg + (1 - d) G`` after every step (d = ``cfg.ema``; the first update copies G), for
+        weights and BatchNorm running statistics alike (``use_buffers``): the statistics then describe
+        activations of weights near the average, not only of the last step's."""
+        self.G_avg = AveragedModel(self.G, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema), use_buffers=True)
 
     @property
     def G_eval(self) -> Generator:
         """The G that validation scores and ``otm export`` ships: the moving average when ``cfg.ema`` > 0."""
-        return self.G_ema if self.G_ema is not None else self.G
+        return self.G_avg.module if self.G_avg is not None else self.G
 
     # ---------------------------------------------------------------- logging
     @property
@@ -400,8 +385,8 @@ class Trainer:
             self.optG.zero_grad(set_to_none=True)
             loss.backward()
             self.optG.step()
-            if self.G_ema is not None:
-                self._update_ema()
+            if self.G_avg is not None:
+                self.G_avg.update_parameters(self.G)
             return {"l2": loss.item(), "psnr_batch": 10 * math.log10(255**2 / max(loss.item(), 1e-10))}
 
         q = batch["q"].to(self.device)
@@ -431,8 +416,8 @@ class Trainer:
         self.optG.zero_grad(set_to_none=True)
         total.backward()
         self.optG.step()
-        if self.G_ema is not None:
-            self._update_ema()
+        if self.G_avg is not None:
+            self.G_avg.update_parameters(self.G)
         rec.update(lp=lp.item(), lj=lj.item(), total=total.item())
         if ln is not None:
             rec["ln"] = ln.item()
@@ -485,7 +470,7 @@ class Trainer:
         """Train until ``steps`` total steps (default ``cfg.steps``); returns this call's records."""
         cfg = self.cfg
         target = steps if steps is not None else cfg.steps
-        if cfg.ema and self.G_ema is None:  # a new run, or one resumed from a checkpoint without an average
+        if cfg.ema and self.G_avg is None:  # a new run, or one resumed from a checkpoint without an average
             self._start_ema()
         if self.step == 0:
             self._write_log({"step": 0, "event": "start", "config": cfg.to_dict(), "backbone": self.backbone_note,

@@ -245,8 +245,10 @@ def test_resume_with_a_new_learning_rate(images, tmp_path):
     train, val = images
     Trainer(tiny("baseline", tmp_path), train, val, progress=False).fit(3)
     t = Trainer(tiny("baseline", tmp_path, lr=5e-5), train, val, progress=False)
-    assert t.resume()
-    assert t.optG.param_groups[0]["lr"] == 5e-5
+    assert t.resume() and t.optG.param_groups[0]["lr"] == 2e-4  # the checkpoint's, until a step is taken
+    t.fit(4)
+    assert t.optG.param_groups[0]["lr"] == 5e-5  # the resumed step ran at the new rate
+    assert [r["lr"] for r in t.read_log() if r.get("event") == "resume"] == [5e-5]
 
 
 def test_fine_tuning_starts_from_the_parent_and_carries_its_cost(images, tmp_path):
@@ -353,25 +355,27 @@ def test_native_bf16_probe_agrees_with_the_kernels_cpu_flags(monkeypatch):
 
 
 def test_weight_average_follows_its_formula_and_leaves_g_alone(images, tmp_path):
-    """avg_t = d avg_{t-1} + (1 - d) G_t, by hand over three steps; G's own steps are unchanged by it."""
+    """avg_1 = G_1, avg_t = d avg_{t-1} + (1 - d) G_t, by hand over three steps; G's own steps are unchanged."""
     train, val = images
     plain = Trainer(tiny("baseline", tmp_path / "plain"), train, val, progress=False)
     plain.fit(3)
     d = 0.9
     t = Trainer(tiny("baseline", tmp_path / "avg", ema=d), train, val, progress=False)
-    expected = {k: v.clone().double() for k, v in t.G.state_dict().items()}  # the average starts at G_0
     loader = iter(torch.utils.data.DataLoader(t.dataset, batch_size=4, sampler=train_mod.StreamSampler(0)))
     t._start_ema()
+    expected: dict = {}
     for _ in range(3):
         t.train_step(next(loader))
         t.step += 1
         for k, v in t.G.state_dict().items():
-            expected[k] = d * expected[k] + (1 - d) * v.double() if v.is_floating_point() else v.double()
+            if v.is_floating_point():  # weights and BN statistics (the step counter is not a statistic)
+                expected[k] = d * expected[k] + (1 - d) * v.double() if k in expected else v.double()
     assert _same_state(t.G.state_dict(), plain.G.state_dict())  # averaging is passive
-    got = t.G_ema.state_dict()
+    got = t.G_eval.state_dict()
+    assert expected.keys() and any(".running_var" in k for k in expected)
     for k, v in expected.items():
         torch.testing.assert_close(got[k].double(), v, rtol=1e-5, atol=1e-6, msg=k)
-    moved = [k for k in got if got[k].is_floating_point() and not torch.equal(got[k], t.G.state_dict()[k])]
+    moved = [k for k in expected if not torch.equal(got[k], t.G.state_dict()[k])]
     assert moved, "the average should differ from the last step's G"
 
 
@@ -382,15 +386,15 @@ def test_weight_average_is_checkpointed_validated_and_shipped(images, tmp_path):
     half = Trainer(tiny("baseline", tmp_path / "half", ema=0.5), train, val, progress=False)
     half.fit(3)
     again = Trainer(tiny("baseline", tmp_path / "half", ema=0.5), train, val, progress=False)
-    assert again.resume() and again.G_ema is not None
+    assert again.resume() and again.G_avg is not None and int(again.G_avg.n_averaged) == 3
     again.fit(6)
-    assert _same_state(full.G_ema.state_dict(), again.G_ema.state_dict())  # resumed bit-identically
-    assert full.G_eval is full.G_ema
+    assert _same_state(full.G_eval.state_dict(), again.G_eval.state_dict())  # resumed bit-identically
+    assert full.G_eval is full.G_avg.module
     # validation scores the average: swapping the average for G changes the score
     v_avg = full.validate()["val_psnr"]
-    G_ema, full.G_ema = full.G_ema, None
+    G_avg, full.G_avg = full.G_avg, None
     assert full.validate()["val_psnr"] != v_avg
-    full.G_ema = G_ema
+    full.G_avg = G_avg
     ck = load_checkpoint(full.ckpt_path)
     out = export_generator(ck, tmp_path / "avg.safetensors", data_description="test", data_sha256="")
     G, meta = load_generator(out)
