@@ -35,6 +35,7 @@ class DataConfig:
     colour: bool = False  # False: luminance Y (the paper's main setting); True: RGB
     aligned_fraction: float = 0.5  # share of patches whose origin is on the 8x8 coding grid
     augment: bool = True  # random flips / transposes (the table is transposed with the patch)
+    scales: tuple[float, ...] = (1.0,)  # each training image also at these sizes (resized, then coded)
     seed: int = 0
 
 
@@ -62,6 +63,23 @@ def code_image(name: str, img: np.ndarray, quality: int, colour: bool) -> CodedI
     y = jpeg.luminance(img)
     comp = jpeg.compress(y, quality)
     return CodedImage(name, y[None].copy(), comp.pixels[None].copy(), comp.luma_table[None].copy())
+
+
+def rescale(img: np.ndarray, scale: float) -> np.ndarray:
+    """``img`` (H, W[, 3]) uint8 resized by ``scale`` (Lanczos; Pillow low-passes when it shrinks).
+
+    Scale augmentation: a photo shrunk is another photo of the same kind (finer texture per 8x8
+    block), coded whole afterwards so its JPEG grid is its own. ``scale == 1`` returns ``img``.
+    """
+    from PIL import Image
+
+    if not 0 < scale <= 1:
+        raise ValueError(f"scales must lie in (0, 1] (shrinking only), got {scale}")
+    if scale == 1:
+        return img
+    h, w = img.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
 
 
 def _dihedral(a: np.ndarray, k: int) -> np.ndarray:
@@ -166,8 +184,14 @@ def split_files(root: Path, splits: Sequence[str], val_holdout: int) -> tuple[li
     return files[val_holdout:], files[:val_holdout]
 
 
-def load_coded(files: Sequence[Path], cfg: DataConfig, progress: bool = True) -> tuple[list[CodedImage], list[str]]:
-    """Read and compress each file once; unreadable files are reported by name and skipped."""
+def load_coded(
+    files: Sequence[Path], cfg: DataConfig, progress: bool = True, scales: Sequence[float] = (1.0,)
+) -> tuple[list[CodedImage], list[str]]:
+    """Read each file, resize it to every scale in ``scales`` and compress each version once.
+
+    Unreadable files are reported by name and skipped; a version smaller than ``patch + 8`` on a
+    side is left out. Versions are named ``name@scale`` (``name`` alone at scale 1).
+    """
     from tqdm.auto import tqdm
 
     out, failures = [], []
@@ -177,7 +201,10 @@ def load_coded(files: Sequence[Path], cfg: DataConfig, progress: bool = True) ->
         except ImageError as e:
             failures.append(str(e))
             continue
-        out.append(code_image(f.name, img, cfg.quality, cfg.colour))
+        for s in scales:
+            im = rescale(img, s)
+            if min(im.shape[:2]) >= cfg.patch + 8:
+                out.append(code_image(f.name if s == 1 else f"{f.name}@{s:g}", im, cfg.quality, cfg.colour))
     return out, failures
 
 
@@ -185,9 +212,11 @@ def sample_coded(cfg: DataConfig) -> tuple[list[CodedImage], list[CodedImage]]:
     """The offline fallback: scikit-image's photos, the last two held out for validation."""
     from otmlib.datasets import sample_images
 
-    coded = [code_image(n, a, cfg.quality, cfg.colour) for n, a in sample_images().items()
-             if min(a.shape[:2]) >= cfg.patch + 8]
-    return coded[:-2], coded[-2:]
+    images = [(n, a) for n, a in sample_images().items() if min(a.shape[:2]) >= cfg.patch + 8]
+    train = [code_image(n if s == 1 else f"{n}@{s:g}", im, cfg.quality, cfg.colour)
+             for n, a in images[:-2] for s in cfg.scales
+             if min((im := rescale(a, s)).shape[:2]) >= cfg.patch + 8]
+    return train, [code_image(n, a, cfg.quality, cfg.colour) for n, a in images[-2:]]
 
 
 @dataclass
@@ -216,8 +245,9 @@ def training_sets(cfg: DataConfig, progress: bool = True) -> TrainingSets:
     h = hashlib.sha256()
     for f in sorted(train_files, key=lambda p: p.name):
         h.update(f"{f.name} {sha256_file(f)}\n".encode())
-    train, fails = load_coded(train_files, cfg, progress)
-    val, vfails = load_coded(val_files, cfg, progress=False)
-    desc = (f"{source.root} ({source.kind}): {len(train)} training images from {'+'.join(cfg.splits)}, "
+    train, fails = load_coded(train_files, cfg, progress, scales=cfg.scales)
+    val, vfails = load_coded(val_files, cfg, progress=False)  # validation: native size only
+    sizes = "" if tuple(cfg.scales) == (1.0,) else f" (with resized copies at scales {', '.join(f'{s:g}' for s in cfg.scales)})"
+    desc = (f"{source.root} ({source.kind}): {len(train)} training images{sizes} from {'+'.join(cfg.splits)}, "
             f"{len(val)} held out for validation, JPEG Q{cfg.quality}, {'RGB' if cfg.colour else 'Y'}")
     return TrainingSets(train, val, desc, h.hexdigest(), fails + vfails)

@@ -90,8 +90,9 @@ class TrainConfig:
         d = dict(d)
         d["gen"] = GeneratorConfig(**d.get("gen", {}))
         data = dict(d.get("data", {}))
-        if "splits" in data:
-            data["splits"] = tuple(data["splits"])
+        for key in ("splits", "scales"):
+            if key in data:
+                data[key] = tuple(data[key])
         d["data"] = DataConfig(**data)
         d["weights"] = LossWeights(**d.get("weights", {}))
         known = {f.name for f in dataclasses.fields(cls)}

@@ -8,7 +8,9 @@ import torch
 from PIL import Image
 
 from otmlib import datasets, jpeg
-from otmlib.data import DataConfig, JpegPatchDataset, StreamSampler, code_image, load_coded, split_files
+from otmlib.data import (
+    DataConfig, JpegPatchDataset, StreamSampler, code_image, load_coded, rescale, sample_coded, split_files,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,42 @@ def test_bad_configs_and_files(coded, tmp_path, camera):
     assert len(held) == 1 and len(train) == 4
     images, failures = load_coded(train, DataConfig(patch=32), progress=False)
     assert len(images) == 3 and len(failures) == 1 and "9_broken.png" in failures[0]
+
+
+def test_scales_add_shrunk_copies_coded_whole(tmp_path, camera):
+    from skimage.transform import resize
+
+    Image.fromarray(camera).save(tmp_path / "cam.png")
+    cfg = DataConfig(patch=32, quality=10)
+    images, failures = load_coded([tmp_path / "cam.png"], cfg, progress=False, scales=(1.0, 0.5, 0.05))
+    assert not failures
+    # 0.05 gives 26x26, under patch + 8 = 40: left out
+    assert [(im.name, im.gt.shape) for im in images] == [("cam.png", (1, 512, 512)), ("cam.png@0.5", (1, 256, 256))]
+    half = images[1]
+    # an independent resampler (scikit-image, Gaussian anti-aliasing) agrees with Pillow's Lanczos
+    ref = resize(camera.astype(np.float64), (256, 256), anti_aliasing=True, preserve_range=True)
+    mse = np.mean((half.gt[0].astype(np.float64) - ref) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 35  # measured 40.5; without anti-aliasing (nearest) 28.5
+    assert abs(half.gt.mean() - camera.mean()) < 1.0  # shrinking keeps the mean brightness
+    # coded whole at its own size: the stored JPEG is the shrunk image's own JPEG
+    np.testing.assert_array_equal(half.coded[0], jpeg.compress(half.gt[0], 10).pixels)
+    assert rescale(camera, 1.0) is camera
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="shrinking only"):
+            rescale(camera, bad)
+
+
+def test_scales_in_the_offline_fallback_and_the_training_config():
+    from otmlib.train import TrainConfig
+
+    cfg = DataConfig(patch=64, scales=(1.0, 0.75))
+    train, val = sample_coded(cfg)
+    plain, _ = sample_coded(DataConfig(patch=64))
+    assert [im.name for im in train if "@" not in im.name] == [im.name for im in plain]
+    assert {im.name.split("@")[1] for im in train if "@" in im.name} == {"0.75"}
+    assert all("@" not in im.name for im in val)  # validation stays at native size
+    tc = TrainConfig.from_dict({"data": {"scales": [1.0, 0.75]}})
+    assert tc.data.scales == (1.0, 0.75)
 
 
 def test_resolution_order_and_offline_fallback(tmp_path, monkeypatch):
