@@ -127,9 +127,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif cfg.init:
         e = trainer.init_from(cfg.init)
         print(f"G starts from {e['from']} ({e['mode']}, Q{e['quality']}, {e['steps']} steps, "
-              f"{e['cpu_hours']:.2f} CPU-hours, carried into this run's provenance)"
-              + ("; its shift-and-average folded into the deconvolution" if e.get("folded_shift_and_average") else "")
-              + (f"; {e['added_identity_units']} residual units added as identities" if e.get("added_identity_units") else ""),
+              f"{e['cpu_hours']:.2f} CPU-hours, carried into this run's provenance){_network_changes(e)}",
               file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     (out / "data.json").write_text(json.dumps({"description": sets.description, "sha256": sets.sha256}, indent=1))
@@ -138,6 +136,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"{how}: step {trainer.step}, checkpoint {trainer.ckpt_path}, log {trainer.log_path}"
           + (" (continue with --resume)" if trainer.stop_requested else ""), file=sys.stderr)
     return 0
+
+
+def _network_changes(e: dict) -> str:
+    """What ``Trainer.init_from`` did to a parent's G (a lineage entry), as "; ..." clauses, or ""."""
+    parts = []
+    if e.get("folded_shift_and_average"):
+        parts.append("its shift-and-average folded into the deconvolution")
+    if e.get("widened_units_to"):
+        parts.append(f"its residual units widened to {e['widened_units_to']} inner filters (same function)")
+    if e.get("added_identity_units"):
+        parts.append(f"{e['added_identity_units']} residual units added as identities")
+    return "".join(f"; {p}" for p in parts)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -180,12 +190,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
         lineage = json.loads(m.get("lineage", "[]"))
         for i, e in enumerate(lineage):  # oldest first; each entry's cpu_hours count its own parents too
             how = "started from" if i == 0 else "then"
-            folded = "; its shift-and-average folded into the next stage's deconvolution" \
-                if e.get("folded_shift_and_average") else ""
-            grown = f"; {e['added_identity_units']} residual units added as identities for the next stage" \
-                if e.get("added_identity_units") else ""
+            changes = _network_changes(e)
             print(f"    {how} {e['mode']} Q{e['quality']}: {e['steps']} steps ({e['cpu_hours']:.2f} CPU-hours in all)"
-                  f"{folded}{grown}")
+                  + (f"{changes} for the next stage" if changes else ""))
         if lineage:
             print(f"    then {m['steps']} steps here")
         print(f"    network: {GeneratorConfig(**json.loads(m['gen_config'])).describe()}")

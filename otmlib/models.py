@@ -33,6 +33,7 @@ __all__ = [
     "shift_and_average",
     "fold_shift_and_average",
     "grow_aggregation",
+    "widen_units",
     "Generator",
     "Discriminator",
     "restore_tiled",
@@ -85,6 +86,7 @@ class GeneratorConfig:
     noise_sigma: float = 1.0  # std of z ~ N(0, sigma^2) (reconstructed)
     residual: bool = True  # predict x' + correction (ours: the paper is silent; trains much faster)
     out_init_gain: float = 0.1  # scales the last layer's He init so G starts near x' (ours)
+    inner_width: int | None = None  # filters of each residual unit's first conv when not ``width`` (see widen_units)
 
     def describe(self) -> str:
         """One line: G's size and how it upsamples (Sec. 3.2), as ``otm models`` prints it."""
@@ -92,7 +94,8 @@ class GeneratorConfig:
         up = f"{kd}x{kd} stride-{self.stride} deconvolution" + (
             " + shift-and-average" if self.shift_and_average else " (no shift-and-average)")
         z = ", z branch" if self.noise else ""
-        return f"{self.branch_units + self.agg_units} residual units of width {self.width}{z}, {up}"
+        inner = f" (inner width {self.inner_width})" if self.inner_width not in (None, self.width) else ""
+        return f"{self.branch_units + self.agg_units} residual units of width {self.width}{inner}{z}, {up}"
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -105,6 +108,8 @@ class GeneratorConfig:
             )
         if self.deconv_kernel is not None and self.deconv_kernel < self.stride:
             raise ValueError(f"need deconv_kernel >= stride, got {self.deconv_kernel}")
+        if self.inner_width is not None and self.inner_width < 1:
+            raise ValueError(f"need inner_width >= 1, got {self.inner_width}")
         if self.width < 1 or self.branch_units < 0 or self.agg_units < 0 or self.noise_sigma <= 0:
             raise ValueError(f"invalid GeneratorConfig: {self}")
 
@@ -112,18 +117,20 @@ class GeneratorConfig:
 class PreActResidualUnit(nn.Module):
     """Pre-activation residual unit (He et al. 2016, "Identity mappings"; paper Sec. 3.2.1).
 
-    ``x + conv(relu(bn(conv(relu(bn(x))))))`` with 3x3 convolutions and ``width`` filters.
+    ``x + conv(relu(bn(conv(relu(bn(x))))))`` with 3x3 convolutions and ``width`` filters; the
+    first convolution has ``inner`` filters when given (a wider unit, Zagoruyko & Komodakis 2016).
     """
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, inner: int | None = None) -> None:
         super().__init__()
+        inner = inner or width
         self.body = nn.Sequential(
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1, bias=False),  # biases before a BN are redundant
-            nn.BatchNorm2d(width),
+            nn.Conv2d(width, inner, 3, padding=1, bias=False),  # biases before a BN are redundant
+            nn.BatchNorm2d(inner),
             nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1, bias=False),  # G's stream always ends in a BN
+            nn.Conv2d(inner, width, 3, padding=1, bias=False),  # G's stream always ends in a BN
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -161,7 +168,7 @@ def shift_and_average(x: Tensor, stride: int) -> Tensor:
 def _branch(in_ch: int, cfg: GeneratorConfig) -> nn.Sequential:
     pad = (cfg.kernel - cfg.stride) // 2
     layers: list[nn.Module] = [nn.Conv2d(in_ch, cfg.width, cfg.kernel, cfg.stride, pad, bias=False)]
-    layers += [PreActResidualUnit(cfg.width) for _ in range(cfg.branch_units)]
+    layers += [PreActResidualUnit(cfg.width, cfg.inner_width) for _ in range(cfg.branch_units)]
     return nn.Sequential(*layers)
 
 
@@ -197,7 +204,7 @@ class Generator(nn.Module):
         if cfg.noise:
             self.noise_branch = _branch(cfg.channels, cfg)
             self.fuse = nn.Conv2d(2 * w, w, 1, bias=False)
-        agg: list[nn.Module] = [PreActResidualUnit(w) for _ in range(cfg.agg_units)]
+        agg: list[nn.Module] = [PreActResidualUnit(w, cfg.inner_width) for _ in range(cfg.agg_units)]
         agg += [nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
         self.aggregate = nn.Sequential(*agg)
         kd = cfg.deconv_kernel or k
@@ -340,6 +347,35 @@ def grow_aggregation(G: Generator, agg_units: int) -> Generator:
         state[name] = t.clone()
     for i in range(cfg.agg_units, agg_units):
         state[f"aggregate.{i}.body.5.weight"].zero_()
+    new.load_state_dict(state)
+    return new
+
+
+def widen_units(G: Generator, inner_width: int) -> Generator:
+    """The same function as ``G`` with ``inner_width`` filters in every residual unit's first conv.
+
+    Each unit's first convolution keeps its filters and gets ``inner_width - w`` new ones (He uniform,
+    as at initialisation), with a fresh BN (weight 1, bias 0, running mean 0, variance 1); the second
+    convolution reads the new channels through zero weights, so every unit, and G, computes what it
+    did, in training and in eval mode. Trained further, the new filters add capacity (and 2x the
+    units' multiply-adds at double width) without first undoing what ``G`` learned.
+    """
+    cfg = G.cfg
+    old_inner = cfg.inner_width or cfg.width
+    if inner_width <= old_inner:
+        raise ValueError(f"widen_units adds filters: {inner_width} <= the {old_inner} G's units have")
+    device = G.deconv.weight.device
+    new = Generator(dataclasses.replace(cfg, inner_width=inner_width)).to(device)
+    state = new.state_dict()  # fresh: He-uniform new filters, BN (1, 0), running stats (0, 1)
+    for name, t in G.state_dict().items():
+        target = state[name]
+        if target.shape == t.shape:
+            state[name] = t.clone()
+        elif name.endswith("body.5.weight"):  # second conv: (width, inner, 3, 3); new inputs read as 0
+            target.zero_()
+            target[:, :old_inner] = t
+        else:  # first conv's filters (inner, width, 3, 3), the BN after it (inner,): old ones first
+            target[:old_inner] = t
     new.load_state_dict(state)
     return new
 
@@ -500,9 +536,10 @@ def count_flops_per_pixel(cfg: GeneratorConfig) -> float:
     Everything but the deconvolution runs at 1/s^2 of the pixels.
     """
     w, c, k, s = cfg.width, cfg.channels, cfg.kernel, cfg.stride
+    unit = 2 * w * (cfg.inner_width or w) * 9  # two 3x3 convs: width -> inner -> width
     branches = 2 if cfg.noise else 1
-    per_low_res = branches * (c * w * k * k + cfg.branch_units * 2 * w * w * 9)
-    per_low_res += (2 * w * w if cfg.noise else 0) + cfg.agg_units * 2 * w * w * 9
+    per_low_res = branches * (c * w * k * k + cfg.branch_units * unit)
+    per_low_res += (2 * w * w if cfg.noise else 0) + cfg.agg_units * unit
     kd = cfg.deconv_kernel or k
     per_low_res += w * c * kd * kd  # deconv: each low-res pixel scatters kd^2 taps per output channel
     return per_low_res / (s * s)

@@ -36,7 +36,8 @@ from otmlib import jpeg
 from otmlib.data import CodedImage, DataConfig, JpegPatchDataset, StreamSampler
 from otmlib.losses import LossWeights, PerceptualLoss, combined_generator_loss, discriminator_loss, naturalness_loss
 from otmlib.metrics import psnr, psnr_b
-from otmlib.models import Discriminator, Generator, GeneratorConfig, fold_shift_and_average, grow_aggregation
+from otmlib.models import (Discriminator, Generator, GeneratorConfig, fold_shift_and_average, grow_aggregation,
+                           widen_units)
 from otmlib.utils import bf16_plan, cpu_description, default_device
 
 MODES = ("baseline", "one-to-many")
@@ -287,14 +288,20 @@ class Trainer:
             parent.load_state_dict(state)
             parent = fold_shift_and_average(parent)  # the same function, box mean in the deconv
             parent_cfg, state, folded = parent.cfg, parent.state_dict(), True
-        grown = 0
-        if parent_cfg != self.cfg.gen and dataclasses.replace(parent_cfg, agg_units=self.cfg.gen.agg_units) == \
-                self.cfg.gen and self.cfg.gen.agg_units > parent_cfg.agg_units:
+        grown, widened = 0, 0
+        want = self.cfg.gen
+        old_inner, new_inner = parent_cfg.inner_width or parent_cfg.width, want.inner_width or want.width
+        if parent_cfg != want and dataclasses.replace(
+                parent_cfg, agg_units=want.agg_units, inner_width=want.inner_width) == want and \
+                want.agg_units >= parent_cfg.agg_units and new_inner >= old_inner:
             parent = Generator(parent_cfg)
             parent.load_state_dict(state)
-            grown = self.cfg.gen.agg_units - parent_cfg.agg_units
-            parent = grow_aggregation(parent, self.cfg.gen.agg_units)  # the same function, more units
-            parent_cfg, state = parent.cfg, parent.state_dict()
+            if new_inner > old_inner:  # the same function, wider units
+                parent, widened = widen_units(parent, new_inner), new_inner
+            if want.agg_units > parent_cfg.agg_units:  # the same function, more units
+                grown = want.agg_units - parent_cfg.agg_units
+                parent = grow_aggregation(parent, want.agg_units)
+            parent_cfg, state = want, parent.state_dict()  # (inner_width None and == width are one network)
         if parent_cfg != self.cfg.gen:
             raise ValueError(f"{path}: its network ({gen}) is not this run's ({asdict(self.cfg.gen)}); "
                              "fine-tuning needs the same generator settings")
@@ -305,6 +312,8 @@ class Trainer:
             entry["folded_shift_and_average"] = True
         if grown:
             entry["added_identity_units"] = grown
+        if widened:
+            entry["widened_units_to"] = widened
         self.lineage = lineage + [entry]
         self.wall, self.cpu = wall, cpu
         return entry

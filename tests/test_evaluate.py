@@ -125,3 +125,11 @@ def test_cli_models_lists_each_shipped_network(capsys):
     assert paper.describe() == "9 residual units of width 64, 4x4 stride-2 deconvolution + shift-and-average"
     folded = GeneratorConfig(noise=False, shift_and_average=False, deconv_kernel=5)
     assert folded.describe().endswith("5x5 stride-2 deconvolution (no shift-and-average)")
+
+
+def test_lineage_names_what_was_done_to_a_parent_network():
+    from otmlib.cli import _network_changes
+
+    assert _network_changes({"from": "x", "steps": 3}) == ""
+    said = _network_changes({"folded_shift_and_average": True, "widened_units_to": 128, "added_identity_units": 3})
+    assert said.count("; ") == 3 and "folded" in said and "widened to 128" in said and "3 residual units added" in said

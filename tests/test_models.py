@@ -18,6 +18,7 @@ from otmlib.models import (
     fold_shift_and_average,
     grow_aggregation,
     restore_tiled,
+    widen_units,
     shift_and_average,
 )
 from otmlib.models import _tile_spans, _tile_windows
@@ -99,6 +100,32 @@ def test_growing_the_aggregation_keeps_the_function(noise):
         assert (H(x, seed=1) - G(x, seed=1)).abs().max() > 0.1
     with pytest.raises(ValueError, match="adds units"):
         grow_aggregation(G, 2)
+
+
+@pytest.mark.parametrize("noise", [False, True])
+def test_widening_the_units_keeps_the_function(noise):
+    """New filters in each unit's first conv, read through zeros: the same output in eval and in
+    training mode (where BN uses batch statistics), and the new filters are in the path."""
+    G = warmed_up(tiny(noise=noise, agg_units=2))
+    H = widen_units(G, 20)
+    assert H.cfg.inner_width == 20 and "inner width 20" in H.cfg.describe()
+    units = [m for m in H.modules() if isinstance(m, PreActResidualUnit)]
+    assert len(units) == (2 if noise else 1) + 2
+    for u in units:
+        assert u.body[2].weight.shape == (20, 8, 3, 3) and u.body[5].weight.shape == (8, 20, 3, 3)
+        assert u.body[2].weight[8:].abs().sum() > 0  # new filters are random, not zero (they must differ)
+        assert not u.body[5].weight[:, 8:].any()
+    x = torch.rand(2, 1, 37, 45) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(H.eval()(x, seed=1), G.eval()(x, seed=1), rtol=0, atol=1e-4)
+        torch.testing.assert_close(H.train()(x, seed=1), G.train()(x, seed=1), rtol=0, atol=1e-4)
+        for u in units:
+            u.body[5].weight[:, 8:].normal_(0, 0.1)
+        assert (H.eval()(x, seed=1) - G.eval()(x, seed=1)).abs().max() > 0.1
+    with pytest.raises(ValueError, match="adds filters"):
+        widen_units(H, 16)
+    with pytest.raises(ValueError):
+        GeneratorConfig(inner_width=0)
 
 
 def test_residual_unit_is_identity_plus_branch():
@@ -296,9 +323,9 @@ def test_restore_tiled_rejects_bad_arguments():
 # ----------------------------------------------------------------------------- cost
 
 
-@pytest.mark.parametrize("noise", [True, False])
-def test_flops_match_counted_convolutions(noise):
-    cfg = tiny(noise=noise, branch_units=2, agg_units=3)
+@pytest.mark.parametrize("noise,inner", [(True, None), (False, None), (False, 12)])
+def test_flops_match_counted_convolutions(noise, inner):
+    cfg = tiny(noise=noise, branch_units=2, agg_units=3, inner_width=inner)
     G = Generator(cfg)
     counted = []
 

@@ -331,6 +331,31 @@ def test_fine_tuning_can_add_identity_units(images, tmp_path):
         Trainer(fewer, train, val, progress=False).init_from(parent.ckpt_path)
 
 
+def test_fine_tuning_can_widen_and_grow_at_once(images, tmp_path):
+    """A run with wider units and more of them starts from a smaller one: same outputs, both noted."""
+    train, val = images
+    parent = Trainer(tiny("baseline", tmp_path / "small"), train, val, progress=False)
+    parent.fit(2)
+    cfg = tiny("baseline", tmp_path / "wide")
+    cfg.gen.agg_units += 1
+    cfg.gen.inner_width = 2 * cfg.gen.width
+    child = Trainer(cfg, train, val, progress=False)
+    entry = child.init_from(parent.ckpt_path)
+    assert entry["added_identity_units"] == 1 and entry["widened_units_to"] == 2 * cfg.gen.width
+    x = torch.rand(2, 1, 40, 56) * 255
+    parent.G.eval(), child.G.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(child.G(x), parent.G(x), rtol=0, atol=1e-4)
+    child.fit(2)  # and it trains
+    narrower = tiny("baseline", tmp_path / "narrower")
+    narrower.gen.inner_width = cfg.gen.width // 2  # filters are only ever added
+    with pytest.raises(ValueError, match="same generator settings"):
+        Trainer(narrower, train, val, progress=False).init_from(child.ckpt_path)
+    same = tiny("baseline", tmp_path / "same")
+    same.gen.inner_width = same.gen.width  # the same network as inner_width None
+    assert "widened_units_to" not in Trainer(same, train, val, progress=False).init_from(parent.ckpt_path)
+
+
 def test_bf16_only_where_the_cpu_has_it(monkeypatch):
     from otmlib.utils import bf16_plan
 
