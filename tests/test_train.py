@@ -311,11 +311,17 @@ def test_fine_tuning_can_fold_shift_and_average(images, tmp_path):
         Trainer(wrong, train, val, progress=False).init_from(parent.ckpt_path)
 
 
+def _small_parent(images, tmp_path) -> Trainer:
+    """A tiny baseline run trained 2 steps: the parent the growing tests start from."""
+    parent = Trainer(tiny("baseline", tmp_path / "small"), *images, progress=False)
+    parent.fit(2)
+    return parent
+
+
 def test_fine_tuning_can_add_identity_units(images, tmp_path):
     """A run with more aggregation units starts from a smaller one: same outputs at step 0, noted in the lineage."""
     train, val = images
-    parent = Trainer(tiny("baseline", tmp_path / "small"), train, val, progress=False)
-    parent.fit(2)
+    parent = _small_parent(images, tmp_path)
     cfg = tiny("baseline", tmp_path / "grown")
     cfg.gen.agg_units += 2
     child = Trainer(cfg, train, val, progress=False)
@@ -334,8 +340,7 @@ def test_fine_tuning_can_add_identity_units(images, tmp_path):
 def test_fine_tuning_can_widen_and_grow_at_once(images, tmp_path):
     """A run with wider units and more of them starts from a smaller one: same outputs, both noted."""
     train, val = images
-    parent = Trainer(tiny("baseline", tmp_path / "small"), train, val, progress=False)
-    parent.fit(2)
+    parent = _small_parent(images, tmp_path)
     cfg = tiny("baseline", tmp_path / "wide")
     cfg.gen.agg_units += 1
     cfg.gen.inner_width = 2 * cfg.gen.width
@@ -346,7 +351,11 @@ def test_fine_tuning_can_widen_and_grow_at_once(images, tmp_path):
     parent.G.eval(), child.G.eval()
     with torch.no_grad():
         torch.testing.assert_close(child.G(x), parent.G(x), rtol=0, atol=1e-4)
-    child.fit(2)  # and it trains
+    w = cfg.gen.width
+    second_conv = child.G.aggregate[0].body[5].weight  # reads the new filters through zeros at step 0
+    assert not second_conv[:, w:].any()
+    child.fit(2)  # and it trains: the new filters come into use
+    assert child.step == 2 and second_conv[:, w:].abs().sum() > 0
     narrower = tiny("baseline", tmp_path / "narrower")
     narrower.gen.inner_width = cfg.gen.width // 2  # filters are only ever added
     with pytest.raises(ValueError, match="same generator settings"):
