@@ -488,8 +488,9 @@ class Trainer:
                              "threads": torch.get_num_threads(), "lineage": self.lineage,
                              "precision": self.precision, "cpu": cpu_description(),
                              "cpu_hours": self.cpu / 3600})
-        else:  # a resumed run: record what may have changed (learning rate, threads, machine)
-            self._write_log({"step": self.step, "event": "resume", "lr": cfg.lr, "ema": cfg.ema,
+        else:  # a resumed run: record what may have changed (schedule, threads, machine)
+            self._write_log({"step": self.step, "event": "resume", "lr": cfg.lr, "lr_schedule": cfg.lr_schedule,
+                             "lr_end": cfg.lr_end, "steps": cfg.steps, "target": target, "ema": cfg.ema,
                              "threads": torch.get_num_threads(),
                              "precision": self.precision, "cpu": cpu_description(),
                              "device": str(self.device), "world": self.world})

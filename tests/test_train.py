@@ -248,7 +248,8 @@ def test_resume_with_a_new_learning_rate(images, tmp_path):
     assert t.resume() and t.optG.param_groups[0]["lr"] == 2e-4  # the checkpoint's, until a step is taken
     t.fit(4)
     assert t.optG.param_groups[0]["lr"] == 5e-5  # the resumed step ran at the new rate
-    assert [r["lr"] for r in t.read_log() if r.get("event") == "resume"] == [5e-5]
+    resumed = [r for r in t.read_log() if r.get("event") == "resume"]
+    assert [(r["lr"], r["steps"], r["target"]) for r in resumed] == [(5e-5, t.cfg.steps, 4)]
 
 
 def test_fine_tuning_starts_from_the_parent_and_carries_its_cost(images, tmp_path):
