@@ -18,6 +18,8 @@ from otmlib import jpeg
 from otmlib.models import Generator, restore_tiled
 from otmlib.utils import bf16_plan
 
+COLOUR_STRIP_ROWS = 256  # colour conversion runs this many rows at a time (memory; see _with_luma)
+
 
 @dataclass
 class Restored:
@@ -122,25 +124,34 @@ def restore_image(
         raise ValueError("restore_image expects a luminance (1-channel) model")
     seeds = list(seeds) if seeds else [0]
     grey = img.ndim == 2
-    ycc = None if grey else jpeg.rgb_to_ycbcr(img)
-    if grey:
-        # a grey JPEG's pixels are its JFIF Y; the model works on MATLAB-range Y like its training data
-        y_in = img
-    else:
-        y_in = jpeg.to_uint8(ycc[..., 0])
+    # a grey JPEG's pixels are its JFIF Y; the model works on MATLAB-range Y like its training data
+    y_in = img if grey else np.concatenate([jpeg.luminance(img[r]) for r in _strips(img.shape[0], COLOUR_STRIP_ROWS)])
     ys = restore_luma(G, y_in, seeds, tile=tile, bf16=bf16)
     outs = []
     for y in ys:
         y = y.astype(np.float64)
         if consistency is not None:
             y = consistency.project_jfif(y) if grey else consistency.project(y)
-        if grey:
-            outs.append(jpeg.to_uint8(y))
-            continue
-        merged = ycc.copy()
-        merged[..., 0] = y
-        outs.append(jpeg.to_uint8(jpeg.ycbcr_to_rgb(merged)))
+        outs.append(jpeg.to_uint8(y) if grey else _with_luma(img, y))
     return Restored(outs, seeds if G.cfg.noise else [None])
+
+
+def _strips(height: int, rows: int) -> list[slice]:
+    return [slice(r, min(r + rows, height)) for r in range(0, height, rows)]
+
+
+def _with_luma(rgb: np.ndarray, y: np.ndarray, rows: int = COLOUR_STRIP_ROWS) -> np.ndarray:
+    """``rgb`` (uint8) with its MATLAB Y replaced by ``y`` and Cb/Cr kept, rounded to uint8.
+
+    Pixel by pixel, so it runs in strips of rows: a 12 MP photo's float64 YCbCr copies would take
+    about 1 GB (and seconds of fresh-page faults), a strip's a few MB. Same bits as the whole image at once.
+    """
+    out = np.empty_like(rgb)
+    for r in _strips(rgb.shape[0], rows):
+        ycc = jpeg.rgb_to_ycbcr(rgb[r])
+        ycc[..., 0] = y[r]
+        out[r] = jpeg.to_uint8(jpeg.ycbcr_to_rgb(ycc))
+    return out
 
 
 def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:

@@ -117,6 +117,19 @@ def test_colour_restoration_keeps_chroma(models, chelsea):
     assert np.abs(cc_in - cc_out).mean() < 1.0  # chroma untouched up to 8-bit rounding
 
 
+def test_colour_merge_in_strips_matches_the_whole_image(chelsea):
+    """_with_luma works strip by strip (memory); the result must be the whole-image formula's bits."""
+    from otmlib.restore import _with_luma
+
+    rgb = chelsea[:100, :64]
+    y = np.random.default_rng(0).uniform(-5, 260, rgb.shape[:2])  # out-of-range Y: the clip matters too
+    whole = jpeg.rgb_to_ycbcr(rgb)
+    whole[..., 0] = y
+    expected = jpeg.to_uint8(jpeg.ycbcr_to_rgb(whole))
+    for rows in (7, 64, 100, 256):  # strips that do not divide the height, one strip, more than the height
+        np.testing.assert_array_equal(_with_luma(rgb, y, rows=rows), expected)
+
+
 def test_evaluate_with_weights_path(models, tmp_path, camera):
     Image.fromarray(camera[:64, :96]).save(tmp_path / "a.png")
     Image.fromarray(camera[100:164, :96]).save(tmp_path / "b.png")
