@@ -77,6 +77,20 @@ def test_ycbcr_matches_matlab_definition():
 def test_to_uint8_rounds_half_away_from_zero_and_clips():
     x = np.array([0.5, 1.5, 2.5, 254.5, 300.0, -3.0, 7.49])
     assert jpeg.to_uint8(x).tolist() == [1, 2, 3, 255, 255, 0, 7]
+    # against MATLAB's rule written out (round half away from zero, then saturate), at and near every .5
+    x = np.concatenate([np.arange(-3, 259) + 0.5, np.random.default_rng(0).uniform(-10, 270, 10_000)])
+    x = np.concatenate([x, np.nextafter(x, -np.inf), np.nextafter(x, np.inf)])
+    matlab = np.clip(np.sign(x) * np.floor(np.abs(x) + 0.5), 0, 255)
+    np.testing.assert_array_equal(jpeg.to_uint8(x), matlab.astype(np.uint8))
+
+
+def test_colour_conversion_keeps_the_shape_of_any_stack():
+    """rgb_to_ycbcr / ycbcr_to_rgb flatten to (N, 3) for speed; every leading shape must come back."""
+    rgb = np.random.default_rng(1).integers(0, 256, (2, 5, 7, 3))
+    ycc = jpeg.rgb_to_ycbcr(rgb)
+    assert ycc.shape == rgb.shape and jpeg.rgb_to_ycbcr(rgb[0, 0, 0]).shape == (3,)
+    np.testing.assert_allclose(ycc[1, 2], jpeg.rgb_to_ycbcr(rgb[1, 2]))
+    np.testing.assert_allclose(jpeg.ycbcr_to_rgb(ycc), rgb, atol=1e-9)
 
 
 def test_luminance_is_rounded_matlab_y(chelsea, camera):

@@ -117,6 +117,21 @@ def test_colour_restoration_keeps_chroma(models, chelsea):
     assert np.abs(cc_in - cc_out).mean() < 1.0  # chroma untouched up to 8-bit rounding
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_restore_luma_hands_g_back_in_its_layout(models, camera, layout):
+    """restore_luma runs G channels-last on CPU; a G that is still being trained must not change layout."""
+    from otmlib.restore import _memory_format, restore_luma
+    from otmlib.zoo import load_generator
+
+    G, _ = load_generator(models["base"])
+    G.to(memory_format=layout)
+    y = jpeg.compress(camera[:64, :64], 10).pixels
+    first = restore_luma(G, y)[0]
+    assert _memory_format(G) == layout
+    assert all(p.is_contiguous(memory_format=layout) for p in G.parameters() if p.dim() == 4)
+    np.testing.assert_array_equal(restore_luma(G, y)[0], first)
+
+
 def test_colour_merge_in_strips_matches_the_whole_image(chelsea):
     """_with_luma works strip by strip (memory); the result must be the whole-image formula's bits."""
     from otmlib.restore import _with_luma
