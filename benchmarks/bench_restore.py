@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python benchmarks/bench_restore.py [--models baseline-q10 one-to-many-q10] [--json out.json]
 
-Inputs: BSDS500 test 100007 (481x321 colour JPEG; scikit-image's ``chelsea`` when ../shared is absent)
+Inputs: BSDS500 test 100007 (481x321 colour JPEG, found by ``resolve_bsds500``; else scikit-image's ``chelsea``)
 and a 4000x3000 (12 MP) colour JPEG made from it (Lanczos upscale plus mild noise, quality 90), so
 the large case is a real JPEG of photo size. Each (input, model, float32 / ``--bf16``) runs the
 command ``--repeats`` times (default 3; the median is reported, with the range), each in a fresh
@@ -26,15 +26,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-SMALL = REPO.parent / "shared" / "data" / "BSDS500" / "test" / "100007.jpg"
+from otmlib.datasets import resolve_bsds500
 
 
 def make_inputs(folder: Path) -> list[Path]:
     """The 481x321 photo (copied byte for byte) and a 12 MP JPEG made from it."""
-    if SMALL.exists():
-        small = folder / SMALL.name
-        small.write_bytes(SMALL.read_bytes())
+    source = resolve_bsds500()  # ../shared, OTM_DATA or the download cache; says which
+    print(source.message, file=sys.stderr)
+    photo = None if source.is_samples else source.root / "test" / "100007.jpg"
+    if photo is not None and photo.exists():
+        small = folder / photo.name
+        small.write_bytes(photo.read_bytes())
     else:
         from skimage import data
 
