@@ -34,6 +34,8 @@ __all__ = [
     "fold_shift_and_average",
     "grow_aggregation",
     "widen_units",
+    "add_noise_branch",
+    "interpolate_generators",
     "Generator",
     "Discriminator",
     "restore_tiled",
@@ -543,3 +545,68 @@ def count_flops_per_pixel(cfg: GeneratorConfig) -> float:
     kd = cfg.deconv_kernel or k
     per_low_res += w * c * kd * kd  # deconv: each low-res pixel scatters kd^2 taps per output channel
     return per_low_res / (s * s)
+
+
+def add_noise_branch(G: Generator, z_init_gain: float = 0.1, seed: int = 0) -> Generator:
+    """A one-to-many G that starts as the baseline ``G`` plus a new ``z`` branch (ESRGAN-style warm start).
+
+    Every tensor of ``G`` is copied; the new noise branch gets a fresh He initialisation (from ``seed``)
+    and the 1x1 fusion reads the image features through the identity and the noise features through
+    He-uniform weights scaled by ``z_init_gain``. With ``z_init_gain = 0`` the result computes exactly
+    ``G``'s function for every ``z``; a small gain lets ``z`` move the output from the first step, so
+    gradients reach the new branch (a zero fusion would leave the branch with no gradient at all).
+    """
+    cfg = G.cfg
+    if cfg.noise:
+        raise ValueError("add_noise_branch needs a baseline G (noise=False); this one already has a z branch")
+    if z_init_gain < 0:
+        raise ValueError(f"z_init_gain must be >= 0, got {z_init_gain}")
+    device = G.deconv.weight.device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        new = Generator(dataclasses.replace(cfg, noise=True)).to(device)
+    state = new.state_dict()
+    for name, t in G.state_dict().items():
+        state[name] = t.clone()
+    w = cfg.width
+    fuse = state["fuse.weight"]  # (w, 2w, 1, 1): image features first, then noise features
+    with torch.no_grad():
+        fuse[:, w:] *= z_init_gain
+        fuse[:, :w] = torch.eye(w, dtype=fuse.dtype, device=fuse.device)[:, :, None, None]
+    new.load_state_dict(state)
+    return new
+
+
+def interpolate_generators(G_l2: Generator, G_gan: Generator, alpha: float) -> Generator:
+    r"""ESRGAN's network interpolation: :math:`\theta(\alpha) = (1 - \alpha)\,\theta_{L2} + \alpha\,\theta_{GAN}`.
+
+    ``G_l2`` is the L2 baseline ``G_gan`` was warm-started from (:func:`add_noise_branch`). It is lifted
+    to ``G_gan``'s network first: the same tensors, the fusion reading the image features through the
+    identity and the noise features through zeros, and ``G_gan``'s own noise branch (so only the fusion's
+    noise weights scale with alpha, and the branch's features are the trained ones). Every tensor (weights,
+    biases, BN statistics) is then interpolated. ``alpha = 0`` gives the baseline's function for every z,
+    ``alpha = 1`` the one-to-many G; in between, less or more of the detail the GAN adds (a fidelity <->
+    naturalness slider). Values outside [0, 1] are refused.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1] (0 = the L2 baseline, 1 = the one-to-many G), got {alpha}")
+    if not G_l2.cfg.noise:
+        lifted = add_noise_branch(G_l2, 0.0)
+        state = lifted.state_dict()
+        for name, t in G_gan.state_dict().items():
+            if name.startswith("noise_branch."):
+                state[name] = t.clone()
+        lifted.load_state_dict(state)
+        G_l2 = lifted
+    if G_l2.cfg != G_gan.cfg:
+        raise ValueError("interpolate_generators needs the one-to-many G's own baseline (the same network)")
+    new = Generator(G_gan.cfg).to(G_gan.deconv.weight.device)
+    a, b = G_l2.state_dict(), G_gan.state_dict()
+    state = {}
+    for name, t in b.items():
+        if t.is_floating_point():
+            state[name] = torch.lerp(a[name].to(t.dtype), t, alpha)
+        else:  # BN's num_batches_tracked
+            state[name] = t.clone()
+    new.load_state_dict(state)
+    return new.train(G_gan.training)

@@ -115,3 +115,56 @@ def compare_figure(
     if title:
         fig.suptitle(title)
     return fig
+
+
+GRAD_TERMS = {"grad_lp": "$L_p$", "grad_ln": "$L_n$", "grad_lj": "$L_j$", "grad_mse_mean": "MSE of the mean",
+              "grad_spread": "spread", "grad_mode_seeking": "mode seeking"}
+
+
+def gan_health_figure(runs: dict[str, list[dict]]) -> Figure:
+    """Four panels per run (one row each) from training-log records, to tell a healthy GAN from a collapsed one.
+
+    1. D's mean output on natural patches and on candidates (sigmoid): a D that wins outright sits at 1 / 0;
+    2. D's accuracy on each: both near 1 means ``L_n`` gives G almost no gradient;
+    3. the gradient norm each loss term sends into G's output (log scale): which term drives G;
+    4. validation: the candidates' diversity overall, in textured and in flat regions, and the L2 parent's
+       RMSE (what an ideal sampler's diversity would be).
+    """
+    fig = Figure(figsize=(16, 3.3 * len(runs)), layout="constrained")
+    axes = fig.subplots(len(runs), 4, squeeze=False)
+    for row, (label, records) in zip(axes, runs.items()):
+        logs = [r for r in records if "grad_lp" in r]
+        vals = [r for r in records if "val_psnr" in r]
+        steps = [r["step"] for r in logs]
+        a, b, c, d = row
+        d_logs = [r for r in logs if "d_real" in r]
+        ds = [r["step"] for r in d_logs]
+        a.plot(ds, [r["d_real"] for r in d_logs], label="D(natural)")
+        a.plot(ds, [r["d_fake"] for r in d_logs], label="D(candidate)")
+        a.set_ylim(-0.02, 1.02)
+        a.set_title(f"{label}: D's mean output", fontsize=9)
+        b.plot(ds, [r["d_acc_real"] for r in d_logs], label="on natural")
+        b.plot(ds, [r["d_acc_fake"] for r in d_logs], label="on candidates")
+        b.set_ylim(-0.02, 1.02)
+        b.set_title("D's accuracy", fontsize=9)
+        for key, name in GRAD_TERMS.items():
+            pts = [(r["step"], r[key]) for r in logs if r.get(key, 0) > 0]
+            if pts:
+                c.semilogy(*zip(*pts), label=name)
+        c.set_title("gradient norm of each weighted term into G's output", fontsize=9)
+        for key, name in (("val_div_all", "diversity"), ("val_div_textured", "in textured regions"),
+                          ("val_div_flat", "in flat regions")):
+            pts = [(r["step"], r[key]) for r in vals if key in r]
+            if pts:
+                d.plot(*zip(*pts), "o-", label=name)
+        rm = [(r["step"], r["val_ref_rmse"]) for r in vals if "val_ref_rmse" in r]
+        if rm:
+            d.plot(*zip(*rm), "k:", label="L2 parent's RMSE")
+        d.set_title("validation: std across 4 candidates (grey levels)", fontsize=9)
+        for ax in row:
+            ax.set_xlabel("step")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        if not steps:
+            a.text(0.5, 0.5, "no diagnostics in this log", ha="center", transform=a.transAxes)
+    return fig

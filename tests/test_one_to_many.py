@@ -1,0 +1,241 @@
+"""The one-to-many recipe: warm start with a z branch, alpha interpolation, the spread term, the GAN step's
+frozen D and diagnostics, and the candidate measures (hand cases and independent formulas)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from otmlib.data import DataConfig, code_image
+from otmlib.models import Generator, GeneratorConfig, add_noise_branch, interpolate_generators
+from otmlib.restore import diversity, diversity_stats, local_std
+from otmlib.steps import GanConfig, spread_loss
+from otmlib.train import TrainConfig, Trainer
+
+GEN = GeneratorConfig(width=8, branch_units=1, agg_units=1, noise=False)
+
+
+@pytest.fixture(scope="module")
+def images(camera, chelsea):
+    from skimage import data
+
+    train = [code_image("camera", camera, 10, False), code_image("chelsea", chelsea, 10, False)]
+    val = [code_image("coins", data.coins()[:96, :128], 10, False)]
+    return train, val
+
+
+def _trained_baseline() -> Generator:
+    torch.manual_seed(3)
+    G = Generator(GEN)
+    with torch.no_grad():  # BN statistics and deconv away from their initial values
+        for m in G.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+        G.deconv.weight.mul_(5.0)
+    return G.eval()
+
+
+def test_noise_branch_with_zero_gain_is_the_baseline_for_every_z():
+    G = _trained_baseline()
+    x = torch.rand(2, 1, 24, 40) * 255
+    lifted = add_noise_branch(G, 0.0).eval()
+    for seed in (0, 1):
+        assert torch.allclose(lifted(x, seed=seed), G(x), atol=1e-4)
+    # a gain > 0: z moves the output, less for a smaller gain
+    moved = []
+    for gain in (0.01, 0.1):
+        warm = add_noise_branch(G, gain).eval()
+        moved.append((warm(x, seed=0) - warm(x, seed=1)).abs().mean().item())
+    assert 0 < moved[0] < moved[1]
+    with pytest.raises(ValueError, match="baseline"):
+        add_noise_branch(warm)
+
+
+def test_alpha_interpolation_ends_and_middle():
+    G = _trained_baseline()
+    gan = add_noise_branch(G, 0.1, seed=1).eval()
+    with torch.no_grad():
+        for p in gan.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.rand(1, 1, 32, 32) * 255
+    assert torch.allclose(interpolate_generators(G, gan, 0.0).eval()(x, seed=4), G(x), atol=1e-4)
+    assert torch.equal(interpolate_generators(G, gan, 1.0).eval()(x, seed=4), gan(x, seed=4))
+    half = interpolate_generators(G, gan, 0.5).state_dict()
+    for name in ("image_branch.0.weight", "deconv.weight"):
+        assert torch.allclose(half[name], 0.5 * (G.state_dict()[name] + gan.state_dict()[name]))
+    w = G.cfg.width  # the fusion's noise half scales from 0, its image half from the identity
+    assert torch.allclose(half["fuse.weight"][:, w:], 0.5 * gan.state_dict()["fuse.weight"][:, w:])
+    assert torch.equal(half["noise_branch.0.weight"], gan.state_dict()["noise_branch.0.weight"])
+    with pytest.raises(ValueError, match="alpha"):
+        interpolate_generators(G, gan, 1.5)
+
+
+def test_spread_loss_matches_a_hand_computation():
+    torch.manual_seed(0)
+    cands = torch.rand(3, 2, 1, 16, 16) * 50
+    ref, x = torch.rand(2, 1, 16, 16) * 255, torch.rand(2, 1, 16, 16) * 255
+    c, r, g = cands.double().numpy(), ref.double().numpy(), x.double().numpy()
+    v = c.var(axis=0, ddof=1)  # (2, 1, 16, 16)
+    e = (r - g) ** 2
+    blocks = lambda a: a.reshape(2, 1, 2, 8, 2, 8).mean(axis=(3, 5))  # noqa: E731
+    want = np.mean((np.log(blocks(v) + 1.0) - np.log(blocks(e) + 1.0)) ** 2)
+    assert spread_loss(cands.double(), ref.double(), x.double(), 8, 1.0).item() == pytest.approx(want, rel=1e-10)
+    # zero when the candidates spread exactly as far as the reference errs
+    same = torch.stack([x + 3.0, x - 3.0])  # unbiased variance 18 everywhere
+    assert spread_loss(same, x + math.sqrt(18.0), x).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_diversity_stats_hand_case():
+    rng = np.random.default_rng(0)
+    gt = np.zeros((64, 64))
+    gt[:, 32:] = rng.integers(0, 255, (64, 32))  # right half textured, left half flat
+    s = local_std(gt)
+    # a 9x9 window centred in columns 0-27 sees only the flat half
+    assert s[:, :28].max() == 0.0 and s[:, 28].min() > 3 and s[:, 40:].min() > 12
+    a = np.zeros((64, 64))
+    b = np.zeros((64, 64))
+    b[:, 36:] = 4.0  # candidates differ only inside the textured half
+    b[:, :28] = 1.0
+    st = diversity_stats([a, b], gt)
+    # per pixel the unbiased variance of (0, d) is d^2 / 2
+    assert st["diversity_textured"] == pytest.approx(math.sqrt(np.mean((b[:, :][local_std(gt) > 12] ** 2) / 2)))
+    assert st["diversity_flat"] == pytest.approx(math.sqrt(0.5))
+    assert st["textured_flat"] == pytest.approx(st["diversity_textured"] / st["diversity_flat"])
+    assert st["diversity"] == pytest.approx(diversity([a, b]))
+
+
+def test_gan_config_is_checked():
+    with pytest.raises(ValueError, match="candidates >= 2"):
+        GanConfig(spread=1.0)
+    with pytest.raises(ValueError, match="perceptual_on"):
+        GanConfig(perceptual_on="median")
+    with pytest.raises(ValueError, match="real_label"):
+        GanConfig(real_label=0.3)
+
+
+def test_train_config_copies_a_shared_generator_config():
+    gen = GeneratorConfig(width=8)
+    a = TrainConfig(mode="baseline", gen=gen)
+    b = TrainConfig(mode="one-to-many", gen=gen)
+    assert not a.gen.noise and b.gen.noise and gen.noise  # gen itself untouched (default True)
+    assert TrainConfig.from_dict(b.to_dict()) == b
+
+
+def _moments_cfg(out, init: str) -> TrainConfig:
+    return TrainConfig(
+        mode="one-to-many", gen=dataclasses.replace(GEN, noise=True), data=DataConfig(patch=32, seed=1),
+        gan=GanConfig(candidates=2, perceptual_on="mean", mean_mse=1.0, spread=1.0, real_label=0.9, d_lr_ratio=0.5),
+        backbone="efficientnet-lite0", batch_size=2, steps=4, epoch_samples=2, bf16=False, log_every=2,
+        val_every=4, ckpt_every=2, out=str(out), init=init)
+
+
+def test_moments_run_warm_starts_freezes_d_logs_diagnostics_and_resumes(images, tmp_path):
+    from otmlib.zoo import export_generator, load_generator
+
+    train, val = images
+    parent = Trainer(TrainConfig(mode="baseline", gen=GEN, data=DataConfig(patch=32, seed=1), batch_size=2,
+                                 steps=2, bf16=False, out=str(tmp_path / "base"), log_every=1, val_every=2),
+                     train, val, progress=False)
+    parent.fit()
+    cfg = _moments_cfg(tmp_path / "otm", str(parent.ckpt_path))
+    t = Trainer(cfg, train, val, progress=False)
+    entry = t.init_from(cfg.init)
+    assert entry["added_noise_branch"] == {"z_init_gain": 0.1}
+    assert t.G_ref is not None and not any(p.requires_grad for p in t.G_ref.parameters())
+    # D's weights get gradients from D's own step only: G's step must not reach them
+    hits = []
+    for p in t.D.parameters():
+        p.register_hook(lambda g: hits.append(1))
+    t.fit(2)
+    n_d_params = len(list(t.D.parameters()))
+    assert len(hits) == 2 * n_d_params  # steps 0 (no D: first epoch) and 1: real and fake passes, once each
+    assert t.optD.param_groups[0]["lr"] == pytest.approx(0.5 * t.optG.param_groups[0]["lr"])
+    t.fit(4)
+    log = t.read_log()
+    diag = [r for r in log if "grad_lp" in r]
+    assert diag and all(k in diag[-1] for k in ("d_real", "d_fake", "d_acc_real", "d_acc_fake", "grad_ln",
+                                                "grad_lj", "grad_spread", "grad_mse_mean", "spread"))
+    val_rec = [r for r in log if "val_div_all" in r][-1]
+    assert val_rec["val_div_all"] > 0 and "val_div_over_rmse" in val_rec
+    # resume: the frozen parent comes back from the checkpoint, and the run continues bit-identically
+    again = Trainer(_moments_cfg(tmp_path / "otm", str(parent.ckpt_path)), train, val, progress=False)
+    two = Trainer(_moments_cfg(tmp_path / "otm2", str(parent.ckpt_path)), train, val, progress=False)
+    two.init_from(cfg.init)
+    two.fit(2)
+    again2 = Trainer(_moments_cfg(tmp_path / "otm2", str(parent.ckpt_path)), train, val, progress=False)
+    assert again2.resume() and again2.G_ref is not None
+    again2.fit(4)
+    assert all(torch.equal(a, b) for a, b in zip(t.G.state_dict().values(), again2.G.state_dict().values()))
+    # the release file carries the L2 parent for alpha
+    out = export_generator(torch.load(t.ckpt_path, weights_only=True), tmp_path / "otm.safetensors",
+                           data_description="", data_sha256="")
+    G, meta = load_generator(out)
+    assert G.cfg.noise and "l2_parent" in meta
+
+
+def test_kid_equals_torchmetrics_poly_mmd_on_one_subset():
+    from torchmetrics.image.kid import poly_mmd
+
+    from otmlib.measure import kid
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(50, 16)), rng.normal(0.3, 1.2, size=(50, 16))
+    # one subset holding every row: the subset draw only permutes, and MMD^2 is permutation-invariant
+    want = poly_mmd(torch.from_numpy(a), torch.from_numpy(b)).item()
+    assert kid(a, b, subsets=1, subset_size=50) == pytest.approx(want, rel=1e-9)
+    # two independent samples of one distribution: near 0 (unbiased), far below the shifted pair
+    same = kid(rng.normal(size=(400, 16)), rng.normal(size=(400, 16)), subsets=5, subset_size=400)
+    assert abs(same) < 0.1 * kid(a, b, subsets=1, subset_size=50)
+    with pytest.raises(ValueError, match="at least 2"):
+        kid(a[:1], b)
+
+
+def test_tiles_cut_the_top_left_grid():
+    from otmlib.measure import tiles
+
+    img = np.arange(130 * 200).reshape(130, 200)
+    t = tiles(img, 64)
+    assert t.shape == (2 * 3, 64, 64)
+    assert np.array_equal(t[4], img[64:128, 64:128])
+
+
+def test_summarise_pools_diversity_by_pixels_and_gives_the_gap(camera):
+    import pandas as pd
+
+    from otmlib.measure import summarise
+
+    rows = [
+        {"image": "a", "method": "baseline", "psnr": 30.0, "mse": 4.0},
+        {"image": "b", "method": "baseline", "psnr": 28.0, "mse": 16.0},
+    ]
+    for img, var, vt, nt, vf, nf in (("a", 4.0, 9.0, 10, 1.0, 30), ("b", 1.0, 1.0, 30, 0.25, 10)):
+        for k in range(2):
+            rows.append({"image": img, "method": "one-to-many", "psnr": 27.0 + k, "mse": 20.0,
+                         "var_all": var, "var_textured": vt, "n_textured": nt, "var_flat": vf, "n_flat": nf})
+    s = summarise(pd.DataFrame(rows)).set_index("method")
+    one = s.loc["one-to-many"]
+    assert one["diversity"] == pytest.approx(math.sqrt((4 + 1) / 2))
+    assert one["diversity_textured"] == pytest.approx(math.sqrt((9 * 10 + 1 * 30) / 40))
+    assert one["diversity_flat"] == pytest.approx(math.sqrt((1 * 30 + 0.25 * 10) / 40))
+    assert one["diversity_over_rmse"] == pytest.approx(one["diversity"] / math.sqrt(10.0))
+    assert one["gap_db"] == pytest.approx(27.5 - 29.0)
+    assert s.loc["one-to-many", "outputs"] == 4
+
+
+def test_mode_seeking_term_is_logged_and_needs_two_candidates(images, tmp_path):
+    with pytest.raises(ValueError, match="mode_seeking"):
+        GanConfig(mode_seeking=1.0)
+    train, val = images
+    cfg = TrainConfig(mode="one-to-many", gen=GeneratorConfig(width=8, branch_units=1, agg_units=1),
+                      data=DataConfig(patch=32, seed=1), gan=GanConfig(candidates=2, mode_seeking=1.0),
+                      backbone="efficientnet-lite0", batch_size=2, steps=2, epoch_samples=2, bf16=False,
+                      log_every=1, val_every=2, out=str(tmp_path / "ms"))
+    t = Trainer(cfg, train, val, progress=False)
+    t.fit()
+    rec = [r for r in t.read_log() if "mode_seeking" in r][-1]
+    assert rec["mode_seeking"] > 0 and rec["grad_mode_seeking"] > 0
