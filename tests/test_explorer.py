@@ -230,3 +230,26 @@ def test_explorer_rejects_wrong_models_and_images(tiny):
         NoiseExplorer(G, comp.pixels.astype(np.float32))
     with pytest.raises(ValueError, match="shape"):
         NoiseExplorer(G, comp.pixels, ground_truth=gt[:-1])
+
+
+def test_alpha_slider_goes_from_the_l2_parent_to_the_model():
+    from otmlib.models import add_noise_branch
+
+    torch.manual_seed(0)
+    base = Generator(GeneratorConfig(width=8, branch_units=1, agg_units=1, noise=False)).eval()
+    model = add_noise_branch(base, 0.5, seed=2).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    dec = (np.random.default_rng(0).random((40, 48)) * 255).astype(np.uint8)
+    ex = NoiseExplorer(model, dec, l2_parent=base)
+    full = ex.candidate(0).copy()
+    ex.set_alpha(0.0)
+    at_zero = [ex.candidate(s) for s in (0, 1)]
+    ref = restore_luma(base, dec)[0]
+    assert all(np.abs(a.astype(int) - ref).max() <= 1 for a in at_zero)  # the baseline, whatever z
+    assert "alpha 0.00" in ex.describe()
+    ex.set_alpha(1.0)
+    assert np.array_equal(ex.candidate(0), full)
+    with pytest.raises(ValueError, match="l2_parent"):
+        NoiseExplorer(model, dec).set_alpha(0.5)

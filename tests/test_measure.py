@@ -10,6 +10,7 @@ from scipy.ndimage import gaussian_filter
 from otmlib import jpeg
 from otmlib.measure import brisque_score, measure_image, summarise
 from otmlib.models import Generator, GeneratorConfig
+from otmlib.restore import restore_luma
 
 
 def test_brisque_ranks_original_above_jpeg_and_blur(chelsea):
@@ -30,11 +31,18 @@ def test_measure_image_rows(camera):
     rows = measure_image(y, 10, G_base, G_otm, seeds=[0, 1])
     assert [r["output"] for r in rows] == ["JPEG", "baseline", "one-to-many seed 0", "one-to-many seed 1"]
     jpeg_row = rows[0]
-    assert jpeg_row["interval_share"] == 1.0 and "diversity" not in jpeg_row
-    assert rows[2]["diversity"] == rows[3]["diversity"] > 0
+    assert jpeg_row["interval_share"] == 1.0 and "var_all" not in jpeg_row
+    assert rows[2]["var_all"] == rows[3]["var_all"] > 0
+    # the image's diversity terms are the candidates' variance, overall and per region
+    from otmlib.restore import candidate_variance
+
+    var = candidate_variance([rows_c for rows_c in restore_luma(G_otm, jpeg.compress(y, 10).pixels, [0, 1])])
+    assert rows[2]["var_all"] == pytest.approx(var.mean())
+    assert rows[2]["n_textured"] + rows[2]["n_flat"] <= y.size
     import pandas as pd
 
     s = summarise(pd.DataFrame(rows))
+    assert s.loc[s.method == "one-to-many", "diversity"].item() == pytest.approx(np.sqrt(var.mean()))
     assert list(s["method"]) == ["JPEG", "baseline", "one-to-many"]
     assert s.loc[s.method == "one-to-many", "outputs"].item() == 2
     assert s.loc[s.method == "JPEG", "psnr"].item() == pytest.approx(rows[0]["psnr"])
