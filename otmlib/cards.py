@@ -1,0 +1,184 @@
+"""Model cards (Hugging Face's convention) for the shipped weights, generated from their provenance.
+
+Every number on a card comes from the release file's metadata (steps, CPU-hours, lineage, scores, configs)
+or from the committed training logs its lineage names (the machine of each stage); only the prose of
+:data:`NOTES` (intended use, limits, known issues) is written by hand, and it holds no numbers.
+``otm models --cards docs/models`` writes them; ``tests/test_cards.py`` checks the committed cards are current.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from otmlib.models import GeneratorConfig
+from otmlib.zoo import ReleaseInfo, read_release
+
+ROOT = Path(__file__).resolve().parents[1]
+
+NOTES: dict[str, dict[str, str]] = {
+    "baseline": {
+        "use": "Removing JPEG blocking and ringing from greyscale (luminance) images coded at the quality it was "
+               "trained for; the per-pixel L2 baseline of the paper's Table 2. `otm restore` applies it to the luminance of colour files and keeps the "
+               "decoder's chroma.",
+        "limits": "One model per JPEG quality (the paper's stated limitation): far from its quality it helps less or "
+                  "harms (see `otm restore`'s note). Being the per-pixel optimum, it is smooth where the JPEG lost "
+                  "texture: it returns the average of the plausible originals.",
+        "issues": "The shift-and-average box was folded into a 5x5 deconvolution and trained on without it; "
+                  "`tests/test_restore.py::test_shipped_baselines_leave_no_deconvolution_grid` bounds the "
+                  "period-2 pattern this leaves on a flat JPEG.",
+    },
+    "one-to-many": {
+        "use": "Proposing several plausible originals of one greyscale JPEG at its quality (`otm restore -n K`), "
+               "each sharper than the baseline's single answer; `--alpha` moves between the L2 parent (0) and "
+               "this model (1). For pictures, not for measurement: a candidate invents detail the file does not hold.",
+        "limits": "Trained on the 2-core CPU of this project with EfficientNet-Lite0 features for the perceptual "
+                  "loss (VGG-19 weights cannot be downloaded there), for far fewer steps than the paper. One "
+                  "quality only. Candidates score below the baseline on PSNR by design (an ideal sampler of "
+                  "plausible originals sits 3 dB below the per-pixel optimum).",
+        "issues": "The invented texture follows the L2 parent's error map, so it is strongest on edges and fine "
+                  "texture and weak but not absent in flat regions; in dark, low-contrast fur it can read as noise. "
+                  "It starts from the folded baseline (no shift-and-average), whose grid bound is tested as above.",
+    },
+}
+
+
+def _config_for(run_path: str) -> str | None:
+    """The committed config that trained the run in ``run_path`` (``checkpoints/NAME/last.pt`` -> ``configs/NAME.yaml``)."""
+    p = Path(run_path)
+    if p.suffix == ".safetensors":
+        return None
+    name = p.parent.name
+    return f"configs/{name}.yaml" if (ROOT / "configs" / f"{name}.yaml").exists() else None
+
+
+def _machines(run_dir: Path) -> str:
+    """The CPUs a run's log says it ran on (start and resume records), or "not logged"."""
+    log = run_dir / "log.jsonl"
+    if not log.exists():
+        return "not logged"
+    seen: list[str] = []
+    for line in log.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("event") in ("start", "resume") and r.get("cpu") and r["cpu"] not in seen:
+            seen.append(r["cpu"])
+    return "; ".join(seen) or "not logged"
+
+
+def _stage_rows(info: ReleaseInfo) -> list[str]:
+    rows = ["| stage | from | config | steps | CPU-hours (cumulative) | machine | what changed for the next stage |",
+            "|---|---|---|---|---|---|---|"]
+    changes = {"folded_shift_and_average": "shift-and-average folded into the deconvolution (same function)",
+               "added_identity_units": "residual units added as identities", "widened_units_to": "units widened",
+               "added_noise_branch": "a new z branch added (fusion gain {z_init_gain})"}
+    for i, e in enumerate(info.lineage, 1):
+        what = []
+        for key, text in changes.items():
+            if e.get(key):
+                v = e[key]
+                what.append(text.format(**v) if isinstance(v, dict) else text)
+        src = e["from"]
+        run_dir = (ROOT / src).parent if src.endswith(".pt") else None
+        rows.append(f"| {i} | `{src}` | {_config_for(src) or '-'} | {e['steps']:,} | {e['cpu_hours']:.2f} | "
+                    f"{_machines(run_dir) if run_dir else 'see its own card'} | {'; '.join(what) or '-'} |")
+    out = info.train_config.get("out", "")
+    cfg = f"configs/{Path(out).name}.yaml" if (ROOT / "configs" / f"{Path(out).name}.yaml").exists() else "-"
+    rows.append(f"| {len(info.lineage) + 1} (this file) | `{out}` | {cfg} | {info.steps:,} | {info.cpu_hours:.2f} | "
+                f"{_machines(ROOT / out) if out else 'not logged'} | - |")
+    return rows
+
+
+def render_card(name: str, path: str | Path) -> str:
+    """The model card of the release file ``path`` (shipped as ``name``), as Markdown."""
+    info = read_release(path)
+    notes = NOTES["one-to-many" if info.mode == "one-to-many" else "baseline"]
+    gen = GeneratorConfig(**info.gen_config)
+    lines = [f"# {name}", "",
+             f"<!-- generated by `otm models --cards docs/models` from otmlib/weights/{name}.safetensors: "
+             "edit otmlib/cards.py, not this file -->", "",
+             "## What it is",
+             f"- **{info.mode}** generator for JPEG quality {info.quality} (Guo & Chao, CVPR 2017): {gen.describe()}.",
+             f"- Weights: {info.weights}; perceptual backbone: {info.backbone}.",
+             f"- Provenance: exported {info.exported} from commit `{info.git_commit}`.", ""]
+    if info.mode == "one-to-many":
+        tc = info.train_config
+        w, g = tc.get("weights", {}), tc.get("gan", {})
+        lines += ["## Recipe",
+                  f"- eq. (7): l1 {w.get('l1')}, l2 {w.get('l2')}, l3 {w.get('l3')}; learning rate {tc.get('lr')}, "
+                  f"batch {tc.get('batch_size')} JPEGs of {tc.get('data', {}).get('patch')}x"
+                  f"{tc.get('data', {}).get('patch')}.",
+                  "- one-to-many step (`otmlib.steps.GanConfig`): " + (", ".join(f"{k} {v}" for k, v in g.items())
+                                                                       or "the paper's (trained before GanConfig existed)") + ".",
+                  "- alpha (`otm restore --alpha`): " + ("0 (its L2 parent) to 1 (this model); the parent ships "
+                                                         "inside this file." if info.has_l2_parent else
+                                                         "not available (no L2 parent in this file)."), ""]
+    lines += ["## Intended use", notes["use"], "", "## Limits", notes["limits"], "",
+              "## Training data", f"{info.data} (SHA-256 of the file list and bytes: `{info.data_sha256}`).", "",
+              "## Procedure and lineage",
+              f"{info.steps_total:,} optimiser steps in all, {info.cpu_hours:.2f} CPU-hours (this file's own stage: "
+              f"{info.steps:,} steps; {info.wall_seconds / 3600:.2f} h wall time in all). Each stage started from the one above "
+              "it; retrain it by running the configs in order (`otm train MODE --config CONFIG`).", "",
+              *_stage_rows(info), "",
+              "## Evaluation"]
+    for key, s in info.scores.items():
+        if key == "candidates":
+            continue
+        lines.append(f"- {key} (Table 2 protocol, luminance{', candidate z seed 0' if info.mode == 'one-to-many' else ''}): "
+                     f"PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.4f}, PSNR-B {s['psnrb']:.2f} dB over {s['n']} images. "
+                     f"Reproduce: `otm evaluate --data ../shared/data/BSDS500/test --quality {info.quality} --model {name}`.")
+    cand = info.scores.get("candidates")
+    if cand:
+        lines += ["", f"Candidates ({cand['images']} BSDS500 test images, {cand['k']} candidates each; reproduce: "
+                  f"`otm evaluate --data ../shared/data/BSDS500/test --quality {info.quality} --model {name} "
+                  f"-n {cand['k']}`):", "",
+                  "| measure | value |", "|---|---|"]
+        for label, key, fmt in CANDIDATE_ROWS:
+            if key in cand:
+                lines.append(f"| {label} | {fmt.format(cand[key])} |")
+    lines += ["", "## Known issues", notes["issues"], ""]
+    return "\n".join(lines)
+
+
+CANDIDATE_ROWS = [  # (label, key in scores["candidates"], format)
+    ("candidates' PSNR / SSIM / PSNR-B", "psnr_ssim_psnrb", "{}"),
+    ("gap to the L2 parent's PSNR (dB)", "gap_db", "{:+.2f}"),
+    ("diversity: RMS per-pixel std across candidates (grey levels)", "diversity", "{:.2f}"),
+    ("diversity / the L2 parent's RMSE", "diversity_over_rmse", "{:.2f}"),
+    ("diversity in textured / flat regions (grey levels)", "textured_and_flat", "{}"),
+    ("textured / flat", "textured_flat", "{:.2f}"),
+    ("texture ratio (gradient energy / the original's)", "texture_ratio", "{:.2f}"),
+    ("BRISQUE (lower is more natural)", "brisque", "{:.1f}"),
+    ("DCT coefficients inside the file's intervals, before projection", "interval_share", "{:.2%}"),
+    ("KID, Lite2 features of 64x64 tiles (model / L2 parent / JPEG)", "kid_triplet", "{}"),
+]
+
+
+def candidate_scores(summary, images: int, k: int) -> dict:
+    """The ``scores["candidates"]`` entry of a release file from :func:`otmlib.measure.summarise`'s frame."""
+    s = summary.set_index("method")
+    one = s.loc["one-to-many"]
+    out = {"images": images, "k": k,
+           "psnr_ssim_psnrb": f"{one['psnr']:.2f} / {one['ssim']:.4f} / {one['psnrb']:.2f}",
+           "textured_and_flat": f"{one['diversity_textured']:.2f} / {one['diversity_flat']:.2f}"}
+    for key in ("gap_db", "diversity", "diversity_over_rmse", "textured_flat", "texture_ratio", "brisque",
+                "interval_share"):
+        if key in one and one[key] == one[key]:
+            out[key] = round(float(one[key]), 4)
+    if "kid" in s:
+        out["kid_triplet"] = " / ".join(f"{s.loc[m, 'kid']:.3f}" if m in s.index else "-"
+                                        for m in ("one-to-many", "baseline", "JPEG"))
+    return out
+
+
+def write_cards(directory: str | Path) -> list[Path]:
+    """A card per shipped weights file into ``directory`` (``NAME.md``); returns the paths written."""
+    from otmlib.zoo import shipped
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, path in shipped().items():
+        out = directory / f"{name}.md"
+        out.write_text(render_card(name, path))
+        written.append(out)
+    return written

@@ -1,0 +1,38 @@
+"""Model cards: generated from the release files' provenance, committed, and current."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from otmlib.cards import render_card
+from otmlib.zoo import read_release, shipped
+
+ROOT = Path(__file__).resolve().parents[1]
+CARDS = ROOT / "docs" / "models"
+
+
+@pytest.mark.parametrize("name", sorted(shipped()))
+def test_committed_card_is_current(name):
+    card = CARDS / f"{name}.md"
+    assert card.exists(), f"no card for {name}: run `otm models --cards docs/models`"
+    assert card.read_text() == render_card(name, shipped()[name]), (
+        f"{card.relative_to(ROOT)} is stale: run `otm models --cards docs/models`")
+
+
+@pytest.mark.parametrize("name", sorted(shipped()))
+def test_card_numbers_are_the_files_provenance(name):
+    info = read_release(name)
+    text = (CARDS / f"{name}.md").read_text()
+    m = re.search(r"([\d,]+) optimiser steps in all, ([\d.]+) CPU-hours", text)
+    assert m and int(m.group(1).replace(",", "")) == info.steps_total
+    assert float(m.group(2)) == pytest.approx(info.cpu_hours, abs=0.005)
+    for key, s in info.scores.items():
+        if key != "candidates":
+            assert f"PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.4f}, PSNR-B {s['psnrb']:.2f} dB" in text
+    # one table row per lineage stage, plus this file's own
+    rows = [ln for ln in text.splitlines() if re.match(r"\| \d+( \(this file\))? \|", ln)]
+    assert len(rows) == len(info.lineage) + 1
+    assert f"{info.steps:,}" in rows[-1]
