@@ -37,19 +37,33 @@ NOTES: dict[str, dict[str, str]] = {
                   "quality only. Candidates score below the baseline on PSNR by design (an ideal sampler of "
                   "plausible originals sits 3 dB below the per-pixel optimum).",
         "issues": "The invented texture follows the L2 parent's error map, so it is strongest on edges and fine "
-                  "texture and weak but not absent in flat regions; in dark, low-contrast fur it can read as noise. "
-                  "It starts from the folded baseline (no shift-and-average), whose grid bound is tested as above.",
+                  "texture, and weaker but visible as grain in flat regions (the snow of `figures/explorer_example.png`); "
+                  "in dark, low-contrast fur and inside the eye of `figures/quickstart.png` it reads more as noise than "
+                  "as detail. It starts from the folded baseline (no shift-and-average): "
+                  "`tests/test_restore.py::test_shipped_baselines_leave_no_deconvolution_grid` bounds the period-2 "
+                  "pattern of its seed-0 candidate too.",
     },
 }
 
 
-def _config_for(run_path: str) -> str | None:
-    """The committed config that trained the run in ``run_path`` (``checkpoints/NAME/last.pt`` -> ``configs/NAME.yaml``)."""
-    p = Path(run_path)
+def _run_dir(source: str) -> Path | None:
+    """The run folder a lineage entry's ``from`` came out of: ``checkpoints/NAME/last.pt`` -> ``checkpoints/NAME``;
+    a release file -> the ``out`` folder of its training config (None when unknown)."""
+    p = Path(source)
     if p.suffix == ".safetensors":
+        try:
+            out = read_release(ROOT / p if not p.is_absolute() else p).train_config.get("out")
+        except ValueError:
+            return None
+        return ROOT / out if out else None
+    return (ROOT / p).parent
+
+
+def _config_for(run_dir: Path | None) -> str | None:
+    """The committed config that trained the run in ``run_dir`` (``checkpoints/NAME`` -> ``configs/NAME.yaml``)."""
+    if run_dir is None:
         return None
-    name = p.parent.name
-    return f"configs/{name}.yaml" if (ROOT / "configs" / f"{name}.yaml").exists() else None
+    return f"configs/{run_dir.name}.yaml" if (ROOT / "configs" / f"{run_dir.name}.yaml").exists() else None
 
 
 def _machines(run_dir: Path) -> str:
@@ -78,9 +92,9 @@ def _stage_rows(info: ReleaseInfo) -> list[str]:
                 v = e[key]
                 what.append(text.format(**v) if isinstance(v, dict) else text)
         src = e["from"]
-        run_dir = (ROOT / src).parent if src.endswith(".pt") else None
-        rows.append(f"| {i} | `{src}` | {_config_for(src) or '-'} | {e['steps']:,} | {e['cpu_hours']:.2f} | "
-                    f"{_machines(run_dir) if run_dir else 'see its own card'} | {'; '.join(what) or '-'} |")
+        run_dir = _run_dir(src)
+        rows.append(f"| {i} | `{src}` | {_config_for(run_dir) or '-'} | {e['steps']:,} | {e['cpu_hours']:.2f} | "
+                    f"{_machines(run_dir) if run_dir else 'not logged'} | {'; '.join(what) or '-'} |")
     out = info.train_config.get("out", "")
     cfg = f"configs/{Path(out).name}.yaml" if (ROOT / "configs" / f"{Path(out).name}.yaml").exists() else "-"
     rows.append(f"| {len(info.lineage) + 1} (this file) | `{out}` | {cfg} | {info.steps:,} | {info.cpu_hours:.2f} | "

@@ -121,6 +121,14 @@ GRAD_TERMS = {"grad_lp": "$L_p$", "grad_ln": "$L_n$", "grad_lj": "$L_j$", "grad_
               "grad_spread": "spread", "grad_mode_seeking": "mode seeking"}
 
 
+def _running_mean(v: list[float], n: int = 5) -> np.ndarray:
+    """Mean of each value and the up to ``n - 1`` before it (one logged batch is noisy)."""
+    c = np.cumsum(np.concatenate([[0.0], np.asarray(v, dtype=float)]))
+    i = np.arange(1, len(v) + 1)
+    lo = np.maximum(i - n, 0)
+    return (c[i] - c[lo]) / (i - lo)
+
+
 def gan_health_figure(runs: dict[str, list[dict]]) -> Figure:
     """Four panels per run (one row each) from training-log records, to tell a healthy GAN from a collapsed one.
 
@@ -139,12 +147,16 @@ def gan_health_figure(runs: dict[str, list[dict]]) -> Figure:
         a, b, c, d = row
         d_logs = [r for r in logs if "d_real" in r]
         ds = [r["step"] for r in d_logs]
-        a.plot(ds, [r["d_real"] for r in d_logs], label="D(natural)")
-        a.plot(ds, [r["d_fake"] for r in d_logs], label="D(candidate)")
+        for k, (key, name) in enumerate((("d_real", "D(natural)"), ("d_fake", "D(candidate)"))):
+            v = [r[key] for r in d_logs]
+            a.plot(ds, v, color=f"C{k}", alpha=0.25, lw=0.8)
+            a.plot(ds, _running_mean(v), color=f"C{k}", label=f"{name}, mean of 5 logs")
         a.set_ylim(-0.02, 1.02)
-        a.set_title(f"{label}: D's mean output", fontsize=9)
-        b.plot(ds, [r["d_acc_real"] for r in d_logs], label="on natural")
-        b.plot(ds, [r["d_acc_fake"] for r in d_logs], label="on candidates")
+        a.set_title(f"{label}\nD's mean output (one batch per log)", fontsize=9)
+        for k, (key, name) in enumerate((("d_acc_real", "on natural"), ("d_acc_fake", "on candidates"))):
+            v = [r[key] for r in d_logs]
+            b.plot(ds, v, color=f"C{k}", alpha=0.25, lw=0.8)
+            b.plot(ds, _running_mean(v), color=f"C{k}", label=f"{name}, mean of 5 logs")
         b.set_ylim(-0.02, 1.02)
         b.set_title("D's accuracy", fontsize=9)
         for key, name in GRAD_TERMS.items():

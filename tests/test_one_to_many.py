@@ -239,3 +239,17 @@ def test_mode_seeking_term_is_logged_and_needs_two_candidates(images, tmp_path):
     t.fit()
     rec = [r for r in t.read_log() if "mode_seeking" in r][-1]
     assert rec["mode_seeking"] > 0 and rec["grad_mode_seeking"] > 0
+
+
+def test_gan_health_figure_draws_every_panel_from_log_records():
+    from otmlib.viz import _running_mean, gan_health_figure
+
+    assert np.allclose(_running_mean([1, 2, 3, 4, 5, 6], 3), [1, 1.5, 2, 3, 4, 5])
+    logs = [{"step": s, "grad_lp": 0.1, "grad_spread": 0.05, "d_real": 0.7, "d_fake": 0.3, "d_acc_real": 0.8,
+             "d_acc_fake": 0.9} for s in range(50, 300, 50)]
+    vals = [{"step": 100 * k, "val_psnr": 27.0, "val_div_all": 5.0, "val_div_textured": 7.0, "val_div_flat": 2.0,
+             "val_ref_rmse": 9.5} for k in (1, 2)]
+    fig = gan_health_figure({"a run": logs + vals, "empty": []})
+    axes = fig.axes
+    assert len(axes) == 8
+    assert len(axes[0].lines) == 4 and len(axes[2].lines) == 2 and len(axes[3].lines) == 4
