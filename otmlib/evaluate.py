@@ -30,18 +30,26 @@ def _identity(decoded: np.ndarray, qtable: np.ndarray) -> np.ndarray:
 RESTORERS: dict[str, Restorer] = {"jpeg": _identity}
 
 
-def model_restorer(name_or_path: str, seed: int = 0, bf16: bool = False, alpha: float | None = None) -> Restorer:
-    """A restorer from release weights (a shipped name or a .safetensors path); candidate ``seed``;
-    ``alpha``: the one-to-many G interpolated toward its L2 parent (see :func:`otmlib.zoo.load_generator`)."""
+def generator_restorer(G, seed: int = 0, bf16: bool = False) -> Restorer:
+    """A restorer from a :class:`~otmlib.models.Generator` in memory, put in eval mode; candidate ``seed``."""
     from otmlib.restore import restore_luma
-    from otmlib.utils import default_device
-    from otmlib.zoo import load_generator
 
-    G, _ = load_generator(name_or_path, default_device(), alpha=alpha)
+    G.eval()
 
     def restore(decoded: np.ndarray, qtable: np.ndarray) -> np.ndarray:
         return restore_luma(G, decoded, [seed], bf16=bf16)[0]
 
+    return restore
+
+
+def model_restorer(name_or_path: str, seed: int = 0, bf16: bool = False, alpha: float | None = None) -> Restorer:
+    """A restorer from release weights (a shipped name or a .safetensors path); candidate ``seed``;
+    ``alpha``: the one-to-many G interpolated toward its L2 parent (see :func:`otmlib.zoo.load_generator`)."""
+    from otmlib.utils import default_device
+    from otmlib.zoo import load_generator
+
+    G, _ = load_generator(name_or_path, default_device(), alpha=alpha)
+    restore = generator_restorer(G, seed, bf16)
     restore.__name__ = str(name_or_path)
     return restore
 

@@ -25,6 +25,7 @@ from torch import Tensor
 from otmlib.metrics import psnr, psnr_b
 from otmlib.models import Generator, restore_tiled
 from otmlib.restore import interval_share, restore_luma, texture_ratio
+from otmlib.utils import as_batch, to_uint8_image
 from otmlib.viz import crop_box
 
 __all__ = ["INTERPOLATIONS", "interpolate_noise", "crop", "zoom", "to_png", "unique_path", "NoiseExplorer"]
@@ -172,7 +173,7 @@ class NoiseExplorer:
         self.tile = tile
         self.cache_size = cache_size
         self.device = next(model.parameters()).device
-        self._x = torch.from_numpy(decoded.astype(np.float32))[None, None].to(self.device)
+        self._x = as_batch(decoded, device=self.device)
         self._noise: dict[int, Tensor] = {}
         self._candidates: OrderedDict[tuple[int, int, float, str], np.ndarray] = OrderedDict()
         self.baseline_output = restore_luma(baseline.eval(), decoded, tile=tile)[0] if baseline is not None else None
@@ -199,7 +200,7 @@ class NoiseExplorer:
         if out is None:
             z = interpolate_noise(self.noise(seed_a), self.noise(seed_b), t, self.mode)
             y = restore_tiled(self.model, self._x, tile=self.tile, z=z)
-            out = y[0, 0].float().clamp(0, 255).round().to(torch.uint8).cpu().numpy()
+            out = to_uint8_image(y[0, 0].float())
             self._candidates[key] = out
             while len(self._candidates) > self.cache_size:
                 self._candidates.popitem(last=False)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from otmlib import jpeg
 from otmlib.models import Generator, restore_tiled
-from otmlib.utils import bf16_plan
+from otmlib.utils import as_batch, bf16_plan, to_uint8_image
 
 COLOUR_STRIP_ROWS = 256  # colour conversion runs this many rows at a time (memory; see _with_luma)
 
@@ -27,10 +27,6 @@ class Restored:
 
     candidates: list[np.ndarray]
     seeds: list[int | None]  # None for the baseline (one deterministic output)
-
-
-def _as_tensor(y: np.ndarray, device: torch.device) -> Tensor:
-    return torch.from_numpy(y.astype(np.float32))[None, None].to(device)
 
 
 def restore_luma(
@@ -46,7 +42,7 @@ def restore_luma(
     Runs G channels-last on CPU (and with bfloat16) and hands G back in the memory layout it came in.
     """
     device = next(G.parameters()).device
-    x = _as_tensor(y, device)
+    x = as_batch(y, device=device)
     bf16 = bf16_plan(bf16, device)[0]  # emulated bfloat16 (no native support) ran 13x slower
     given = _memory_format(G)
     if bf16 or device.type == "cpu":  # oneDNN wants NHWC: bf16 4x over NCHW fp32; fp32 1.5x (12 MP, tiled)
@@ -58,7 +54,7 @@ def restore_luma(
             for s in seeds_ or [0]:
                 out = restore_tiled(G, x, tile=tile, seed=s) if G.cfg.noise else restore_tiled(G, x, tile=tile)
                 _refuse_non_finite(out)
-                outs.append(out[0, 0].float().clamp(0, 255).round().to(torch.uint8).cpu().numpy())
+                outs.append(to_uint8_image(out[0, 0].float()))
     finally:
         G.to(memory_format=given)  # a G still being trained keeps its layout
     return outs
@@ -122,8 +118,7 @@ class Consistency:
 
     def project_jfif(self, yj: np.ndarray) -> np.ndarray:
         """JFIF Y -> the nearest JFIF Y whose complete blocks lie in the file's intervals (eq. 5)."""
-        t = torch.from_numpy(np.asarray(yj, dtype=np.float64))[None, None]
-        return jpeg.project_to_intervals(t, self.k, self.qtable, margin=1.0)[0, 0].numpy()
+        return jpeg.project_to_intervals(as_batch(yj, np.float64), self.k, self.qtable, margin=1.0)[0, 0].numpy()
 
     def project(self, y_matlab: np.ndarray) -> np.ndarray:
         """The same for MATLAB-range Y (the model's colour path), through the exact linear map."""
@@ -249,10 +244,8 @@ def estimate_ijg_quality(table: np.ndarray) -> tuple[int, float]:
 
 def interval_share(candidate: np.ndarray, decoded: np.ndarray, qtable: np.ndarray) -> float:
     """Share of the candidate's DCT coefficients inside the input JPEG's intervals (eq. 5)."""
-    d = torch.from_numpy(decoded.astype(np.float64))[None, None]
-    c = torch.from_numpy(candidate.astype(np.float64))[None, None]
-    k = jpeg.quantised_indices(d, qtable)
-    return float((jpeg.interval_excess(c, k, qtable) == 0).double().mean())
+    k = jpeg.quantised_indices(as_batch(decoded, np.float64), qtable)
+    return float((jpeg.interval_excess(as_batch(candidate, np.float64), k, qtable) == 0).double().mean())
 
 
 def gradient_energy(img: np.ndarray) -> float:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import collections
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,16 +32,18 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from otmlib import jpeg
+from otmlib import evaluate, jpeg
 from otmlib.data import CodedImage, DataConfig, JpegPatchDataset, load_coded, sample_coded, split_files
 from otmlib.datasets import DataSource, download_bsds500, resolve_bsds500, sample_images
 from otmlib.imageio import list_images, load_image
-from otmlib.metrics import all_metrics, psnr, psnr_b
+from otmlib.evaluate import Restorer
+from otmlib.metrics import psnr, psnr_b
 from otmlib import models
-from otmlib.models import Discriminator, Generator, GeneratorConfig
+from otmlib.models import Discriminator, GeneratorConfig
 from otmlib.losses import LossWeights
-from otmlib.restore import interval_share, restore_luma, texture_ratio
+from otmlib.restore import interval_share, texture_ratio
 from otmlib.train import TrainConfig, Trainer
+from otmlib.utils import as_batch
 
 __all__ = [
     "find_data",
@@ -174,15 +176,11 @@ class BlockView:
         return (self.c_original >= self.lower) & (self.c_original <= self.upper)
 
 
-def _t(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img, dtype=np.float64))[None, None]
-
-
 def block_view(original: np.ndarray, decoded: np.ndarray, qtable: np.ndarray, by: int, bx: int) -> BlockView:
     """The coefficients and intervals of block ``(by, bx)`` of a grey image and its decoded JPEG."""
-    k = jpeg.quantised_indices(_t(decoded), qtable)[0, 0, by, bx]
+    k = jpeg.quantised_indices(as_batch(decoded, np.float64), qtable)[0, 0, by, bx]
     lo, hi = jpeg.coefficient_bounds(k, qtable)
-    c_orig = jpeg.coefficients(_t(original))[0, 0, by, bx]
+    c_orig = jpeg.coefficients(as_batch(original, np.float64))[0, 0, by, bx]
     sl = (slice(8 * by, 8 * by + 8), slice(8 * bx, 8 * bx + 8))
     q = np.asarray(qtable, dtype=np.float64)
     return BlockView(by, bx, np.asarray(original)[sl].copy(), np.asarray(decoded)[sl].copy(), c_orig.numpy(),
@@ -191,7 +189,7 @@ def block_view(original: np.ndarray, decoded: np.ndarray, qtable: np.ndarray, by
 
 def most_detailed_block(decoded: np.ndarray, qtable: np.ndarray, rank: int = 0) -> tuple[int, int]:
     """``(by, bx)`` of the block whose JPEG kept the most non-zero coefficients (``rank``-th such)."""
-    k = jpeg.quantised_indices(_t(decoded), qtable)[0, 0]
+    k = jpeg.quantised_indices(as_batch(decoded, np.float64), qtable)[0, 0]
     kept = (k != 0).sum(dim=(-1, -2)).flatten()
     order = torch.argsort(kept, descending=True, stable=True)
     idx = int(order[rank])
@@ -228,7 +226,7 @@ def plot_block_intervals(ax, view: BlockView, others: np.ndarray | None = None, 
 
 def zero_share(decoded: np.ndarray, qtable: np.ndarray) -> np.ndarray:
     """(8, 8): for each frequency, the share of the image's blocks whose coefficient was quantised to 0."""
-    k = jpeg.quantised_indices(_t(decoded), qtable)[0, 0]
+    k = jpeg.quantised_indices(as_batch(decoded, np.float64), qtable)[0, 0]
     return (k == 0).double().mean(dim=(0, 1)).numpy()
 
 
@@ -301,7 +299,7 @@ def same_jpeg_blocks(images: Iterable[np.ndarray], quality: int, min_nonzero: in
         y = np.asarray(img, dtype=np.uint8)
         comp = jpeg.compress(y, quality)
         q = comp.luma_table
-        k = jpeg.quantised_indices(_t(comp.pixels), q)[0, 0].numpy().astype(np.int16)
+        k = jpeg.quantised_indices(as_batch(comp.pixels, np.float64), q)[0, 0].numpy().astype(np.int16)
         hb, wb = k.shape[:2]
         blocks = y[: 8 * hb, : 8 * wb].reshape(hb, 8, wb, 8).swapaxes(1, 2)
         dblocks = comp.pixels[: 8 * hb, : 8 * wb].reshape(hb, 8, wb, 8).swapaxes(1, 2)
@@ -373,31 +371,27 @@ class LossPlot:
         return fig
 
 
-def generator_restorer(G: Generator, seed: int = 0) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """A :data:`otmlib.evaluate.Restorer` from a G in memory (eval mode; candidate ``seed``)."""
-    G.eval()
-
-    def restore(decoded: np.ndarray, qtable: np.ndarray) -> np.ndarray:
-        return restore_luma(G, decoded, [seed])[0]
-
-    return restore
+generator_restorer = evaluate.generator_restorer  # notebook 02 and the ablations: a G in memory as a Restorer
 
 
-def score_table(images: Mapping[str, np.ndarray], quality: int,
-                restorers: Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]) -> pd.DataFrame:
+def score_table(images: Mapping[str, np.ndarray], quality: int, restorers: Mapping[str, Restorer]) -> pd.DataFrame:
     """Table 2's protocol on ``images`` (name -> 8-bit luminance) for every restorer.
 
-    Each image is compressed at ``quality`` with :func:`otmlib.jpeg.compress`, restored, and scored
-    with :func:`otmlib.metrics.all_metrics` (PSNR, SSIM, PSNR-B), exactly as
-    :func:`otmlib.evaluate.score_image` does. Returns a long DataFrame: image, method, psnr, ssim,
-    psnrb, texture (gradient energy over the original's, :func:`otmlib.restore.texture_ratio`).
+    Each image is scored by :func:`otmlib.evaluate.score_image` (compressed at ``quality``, restored,
+    PSNR, SSIM, PSNR-B and the block-edge ratio). Returns a long DataFrame: image, method, psnr, ssim,
+    psnrb, edge_ratio, texture (gradient energy over the original's, :func:`otmlib.restore.texture_ratio`).
     """
     rows = []
     for name, y in images.items():
-        comp = jpeg.compress(y, quality)
         for method, restore in restorers.items():
-            out = restore(comp.pixels, comp.luma_table)
-            rows.append({"image": name, "method": method, **all_metrics(y, out), "texture": texture_ratio(out, y)})
+            outs: list[np.ndarray] = []  # what score_image's restorer returned, for the texture
+
+            def kept(decoded: np.ndarray, qtable: np.ndarray, restore: Restorer = restore) -> np.ndarray:
+                outs.append(restore(decoded, qtable))
+                return outs[-1]
+
+            scores = evaluate.score_image(y, quality, kept)
+            rows.append({"image": name, "method": method, **scores, "texture": texture_ratio(outs[0], y)})
     return pd.DataFrame(rows)
 
 
@@ -458,12 +452,12 @@ def candidate_stats(out: np.ndarray, gt: np.ndarray, decoded: np.ndarray, qtable
     loss of eq. (6) itself (mean squared excess over the intervals, DCT units squared).
     """
     o, d = out.astype(np.float64), decoded.astype(np.float64)
-    k = jpeg.quantised_indices(_t(d), qtable)
+    k = jpeg.quantised_indices(as_batch(decoded, np.float64), qtable)
     return {
         "psnr": psnr(gt, out),
         "psnrb": psnr_b(gt, out),
         "inside": interval_share(out, decoded, qtable),
-        "lj": float(jpeg.jpeg_loss(_t(o), k, qtable)),
+        "lj": float(jpeg.jpeg_loss(as_batch(out, np.float64), k, qtable)),
         "shift": float(o.mean() - d.mean()),
         "contrast": float(o.std() / max(d.std(), 1e-12)),
         "texture": texture_ratio(out, gt),

@@ -39,7 +39,7 @@ from otmlib.metrics import psnr, psnr_b
 from otmlib.models import (Discriminator, Generator, GeneratorConfig, add_noise_branch, fold_shift_and_average,
                            grow_aggregation, widen_units)
 from otmlib.steps import GanConfig, GanStep, l2_step
-from otmlib.utils import bf16_plan, cpu_description, default_device
+from otmlib.utils import bf16_plan, cpu_description, default_device, to_uint8_image
 
 MODES = ("baseline", "one-to-many")
 
@@ -466,16 +466,13 @@ class Trainer:
         var_n = {"all": 0, "textured": 0, "flat": 0}
         ref_se, ref_n = 0.0, 0
 
-        def as_image(t: Tensor) -> np.ndarray:
-            return t.clamp(0, 255).round().to(torch.uint8)[0].cpu().numpy()
-
         def luma(a: np.ndarray) -> np.ndarray:  # score colour on its luminance, like the paper
             return jpeg.luminance(a.transpose(1, 2, 0)) if a.shape[0] == 3 else a[0]
 
         for im in self.val_images:
             xj = torch.from_numpy(im.coded[None].astype(np.float32)).to(self.device)
             seeds = range(self.VAL_CANDIDATES) if self.cfg.gen.noise else [None]
-            outs = [luma(as_image(G(xj, seed=s) if s is not None else G(xj))) for s in seeds]
+            outs = [luma(to_uint8_image((G(xj, seed=s) if s is not None else G(xj))[0])) for s in seeds]
             gt, dec = luma(im.gt), luma(im.coded)
             ps.append(psnr(gt, outs[0]))
             pbs.append(psnr_b(gt, outs[0]))
@@ -487,7 +484,7 @@ class Trainer:
                     var_sum[name] += float(var[mask].sum())
                     var_n[name] += int(mask.sum())
             if self.G_ref is not None:
-                ref = luma(as_image(self.G_ref(xj)))
+                ref = luma(to_uint8_image(self.G_ref(xj)[0]))
                 ref_se += float(((ref.astype(np.float64) - gt) ** 2).sum())
                 ref_n += ref.size
         G.train()

@@ -1,4 +1,4 @@
-"""Small helpers shared by every module: seeding, device and precision choice."""
+"""Small helpers shared by every module: seeding, device and precision choice, image <-> tensor."""
 
 from __future__ import annotations
 
@@ -9,6 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+
+def as_batch(img, dtype=np.float32, device: torch.device | str | None = None) -> torch.Tensor:
+    """(H, W) pixels -> the (1, 1, H, W) tensor G, D, the losses and :mod:`otmlib.jpeg` take (a copy, in ``dtype``)."""
+    t = torch.from_numpy(np.array(img, dtype=dtype))[None, None]
+    return t if device is None else t.to(device)
+
+
+def to_uint8_image(t: torch.Tensor) -> np.ndarray:
+    """G's output (any shape, pixel values) -> uint8 NumPy pixels: clamped to [0, 255] and rounded (half to even)."""
+    return t.clamp(0, 255).round().to(torch.uint8).cpu().numpy()
 
 
 def set_seed(seed: int) -> None:

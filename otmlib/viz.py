@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 
 from otmlib import jpeg
 from otmlib.metrics import psnr, psnr_b
+from otmlib.utils import as_batch
 
 SAMPLES = ("chelsea", "astronaut", "coffee", "camera", "rocket")
 
@@ -37,7 +37,7 @@ def blocking_figure(img: np.ndarray, quality: int = 10, crop: int = 96) -> Figur
     y = jpeg.luminance(img)
     comp = jpeg.compress(y, quality)
     dec = comp.pixels
-    k = jpeg.quantised_indices(torch.tensor(dec, dtype=torch.float64)[None, None], comp.luma_table)[0, 0]
+    k = jpeg.quantised_indices(as_batch(dec, np.float64), comp.luma_table)[0, 0]
     kept = (k != 0).sum(dim=(-1, -2)).numpy()
 
     h, w = y.shape
