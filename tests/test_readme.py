@@ -1,0 +1,46 @@
+"""The README's result numbers are the ones the figures and the release files hold (nothing typed by hand)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from otmlib.zoo import read_release, shipped
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _row(label: str) -> list[str]:
+    line = next(ln for ln in README.splitlines() if ln.startswith(f"| {label} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_candidates_table_is_the_measured_csv():
+    s = pd.read_csv(ROOT / "figures" / "candidates_q10.csv").set_index("method")
+    for label, method in (("JPEG", "JPEG"), ("baseline", "baseline"), ("one-to-many, 4 candidates each", "one-to-many")):
+        r, m = _row(label), s.loc[method]
+        assert r[1] == f"{m['psnr']:.2f}" and r[2] == f"{m['psnrb']:.2f}"
+        if method != "JPEG":
+            assert r[3] == f"{100 * m['interval_share']:.2f}%"
+        assert r[4] == f"{m['texture_ratio']:.2f}" and r[5] == f"{m['brisque']:.1f}" and r[6] == f"{m['kid']:.3f}"
+    one = s.loc["one-to-many"]
+    assert _row("one-to-many, 4 candidates each")[7].startswith(
+        f"{one['diversity']:.2f}: textured {one['diversity_textured']:.2f}, flat {one['diversity_flat']:.2f}")
+    text = " ".join(README.split())
+    assert f"diversity {one['diversity_over_rmse']:.2f} of the baseline's RMSE" in text
+    assert f"textured / flat {one['textured_flat']:.2f}" in text
+    assert f"the candidates {-one['gap_db']:.2f} dB below the baseline's PSNR" in text
+
+
+@pytest.mark.parametrize("name", sorted(shipped()))
+def test_shipped_model_lines_are_the_files_provenance(name):
+    info = read_release(name)
+    line = next(ln for ln in README.splitlines() if ln.startswith(f"- [{name}]"))
+    s = next(v for k, v in info.scores.items() if k != "candidates")
+    assert f"{s['psnr']:.2f} / {s['ssim']:.4f} / {s['psnrb']:.2f}" in line
+    assert f"{info.steps_total:,} steps" in line or f"({info.steps_total:,} in all)" in line
+    assert re.search(rf"\b{info.cpu_hours:.2f} CPU-hours", line)
