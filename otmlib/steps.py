@@ -20,6 +20,7 @@ from torch import Tensor
 
 from otmlib import jpeg
 from otmlib.losses import discriminator_terms, naturalness_loss
+from otmlib.models import PIXEL_SCALE
 
 if TYPE_CHECKING:  # pragma: no cover
     from otmlib.train import Trainer
@@ -49,6 +50,7 @@ class GanConfig:
     mode_seeking: float = 0.0  # weight of MSGAN's term on perceptual features (Mao et al. 2019; needs K >= 2)
     real_label: float = 1.0  # D's target for natural images; 0.9 = one-sided label smoothing (Salimans 2016)
     d_lr_ratio: float = 1.0  # D's learning rate / G's
+    r1: float = 0.0  # gamma of the R1 penalty on natural patches, gamma/2 E|grad D|^2 per [-1, 1] pixel (Mescheder 2018)
     z_init_gain: float = 0.1  # fusion weights of a z branch added to a baseline parent (init_from)
 
     def __post_init__(self) -> None:
@@ -64,7 +66,7 @@ class GanConfig:
             raise ValueError("gan.perceptual_on 'mean' needs gan.candidates >= 2")
         if not 0.5 < self.real_label <= 1.0:
             raise ValueError(f"gan.real_label must be in (0.5, 1], got {self.real_label}")
-        if self.d_lr_ratio <= 0 or self.mode_seeking < 0 or self.spread < 0 or self.mean_mse < 0 or self.spread_floor <= 0:
+        if self.d_lr_ratio <= 0 or self.r1 < 0 or self.mode_seeking < 0 or self.spread < 0 or self.mean_mse < 0 or self.spread_floor <= 0:
             raise ValueError(f"invalid GanConfig: {self}")
         if self.spread_window < 1:
             raise ValueError(f"gan.spread_window must be >= 1, got {self.spread_window}")
@@ -82,6 +84,17 @@ def l2_step(trainer: Trainer, x: Tensor, xj: Tensor) -> dict[str, float]:
     if trainer.G_avg is not None:
         trainer.G_avg.update_parameters(trainer.G)
     return {"l2": loss.item(), "psnr_batch": 10 * math.log10(255**2 / max(loss.item(), 1e-10))}
+
+
+def r1_penalty(real_logits: Tensor, x: Tensor, gamma: float) -> Tensor:
+    r"""R1 (Mescheder et al. 2018): :math:`\frac{\gamma}{2} E \lVert \nabla_x D(x) \rVert^2` on natural images.
+
+    ``real_logits`` = D(x) for pixels ``x`` in [0, 255] that require grad; the gradient is taken per
+    normalised pixel (D sees ``(x - 127.5) / 127.5``), so gamma means what it does in [-1, 1] GAN code.
+    The graph is kept (``create_graph``) so the penalty trains D.
+    """
+    (gx,) = torch.autograd.grad(real_logits.sum(), x, create_graph=True)
+    return 0.5 * gamma * (gx.float() * PIXEL_SCALE).pow(2).flatten(1).sum(1).mean()
 
 
 def _repeat(t: Tensor, K: int) -> Tensor:
@@ -130,12 +143,18 @@ class GanStep:
         if with_d:  # step 1: fix G, update D (real and fake terms back-propagated one at a time)
             t.D.requires_grad_(True)
             t.optD.zero_grad(set_to_none=True)
+            xr = x.detach().requires_grad_(True) if g.r1 else x
             with t._autocast():
-                real_logits = t.D(x).float()
+                real_logits = t.D(xr).float()
             real, _ = discriminator_terms(real_logits, real_logits)
             if g.real_label != 1.0:
                 real = F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, g.real_label))
-            (0.5 * real).backward()
+            d_real_term = 0.5 * real
+            if g.r1:
+                r1 = r1_penalty(real_logits, xr, g.r1)
+                d_real_term = d_real_term + r1
+                rec["r1"] = r1.item()
+            d_real_term.backward()
             with t._autocast():
                 fake_logits = t.D(y[:B].detach()).float()
             _, fake = discriminator_terms(fake_logits, fake_logits)
