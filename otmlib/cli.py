@@ -93,11 +93,17 @@ def _evaluate_candidates(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.data}: no images to measure")
     per = measure_folder(files, args.quality, base, G, seeds=range(args.seed, args.seed + args.n),
                          progress=not args.no_progress)
+    failures = per.attrs.get("failures", [])
+    for f, why in failures:
+        print(f"otm: skipped {f}: {why}", file=sys.stderr)
+    if per.empty:
+        raise ValueError(f"{args.data}: no readable images to measure (see the messages above)")
     s = summarise(per)
     if args.json:
         print(s.to_json(orient="records"))
-        return 0
-    print(f"{args.model} on {args.data} at JPEG quality {args.quality}: {len(files)} images, {args.n} candidates each"
+        return 1 if failures else 0
+    print(f"{args.model} on {args.data} at JPEG quality {args.quality}: {per['image'].nunique()} images, "
+          f"{args.n} candidates each"
           + (f", alpha {args.alpha}" if args.alpha is not None else "") + " (luminance)")
     print(s[["method", "outputs", *[c for c in CANDIDATE_COLUMNS if c in s]]]
           .rename(columns=CANDIDATE_COLUMNS).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -108,7 +114,7 @@ def _evaluate_candidates(args: argparse.Namespace) -> int:
     if "gap_db" in one:
         print(f"diversity / baseline RMSE {one['diversity_over_rmse']:.2f}; candidates' PSNR "
               f"{one['gap_db']:+.2f} dB from the baseline's (an ideal sampler: -3.01 dB)")
-    return 0
+    return 1 if failures else 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -166,19 +166,28 @@ def measure_folder(
     """Per-output measurements over images (a DataFrame with an ``image`` column).
 
     With ``with_kid``, KID of each method's 64x64 tiles against the originals' is computed over the whole
-    set and kept in ``frame.attrs["kid"]`` (method -> KID) for :func:`summarise`.
+    set and kept in ``frame.attrs["kid"]`` (method -> KID) for :func:`summarise`. An unreadable image is
+    skipped and listed in ``frame.attrs["failures"]`` as (file, reason), as :func:`otmlib.evaluate.evaluate` does.
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
+    from otmlib.imageio import ImageError
+
     rows = []
+    failures: list[tuple[str, str]] = []
     kid_tiles: dict[str, list[np.ndarray]] | None = {} if with_kid else None
     for f in tqdm(list(files), desc="measuring", unit="img", disable=not progress):
-        y = jpeg.luminance(load_image(f, exif=False, min_side=16))
+        try:
+            y = jpeg.luminance(load_image(f, exif=False, min_side=16))
+        except ImageError as e:
+            failures.append((str(f), e.reason))
+            continue
         for r in measure_image(y, quality, G_base, G_otm, seeds, kid_tiles):
             rows.append({"image": Path(f).name, **r})
     frame = pd.DataFrame(rows)
-    if kid_tiles and sum(len(t) for t in kid_tiles["original"]) >= 2:
+    frame.attrs["failures"] = failures
+    if kid_tiles and "original" in kid_tiles and sum(len(t) for t in kid_tiles["original"]) >= 2:
         feats = KidFeatures()
         f = {m: feats(np.concatenate(t)) for m, t in kid_tiles.items()}
         frame.attrs["kid"] = {m: kid(f[m], f["original"]) for m in f if m != "original"}

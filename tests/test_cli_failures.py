@@ -427,3 +427,19 @@ def test_subfolders_of_an_input_folder_are_mentioned(tmp_path, camera, capsys):
     assert restore(str(photos), "-o", str(tmp_path / "out")) == 0
     note = next(ln for ln in capsys.readouterr().err.splitlines() if "subfolder" in ln)
     assert "holiday" in note and str(photos) in note
+
+
+def test_evaluate_candidates_skips_unreadable_images_and_exits_1(tmp_path, camera, capsys):
+    d = tmp_path / "data"
+    d.mkdir()
+    Image.fromarray(camera[:96, :128]).save(d / "a.png")
+    data = (d / "a.png").read_bytes()
+    (d / "c.png").write_bytes(data[: len(data) // 3])  # truncated
+    rc = main(["evaluate", "--data", str(d), "-q", "10", "--model", "one-to-many-q10", "-n", "2", "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 1, cap.err
+    assert "1 images, 2 candidates each" in cap.out and "skipped" in cap.err and "c.png" in cap.err
+    (d / "a.png").unlink()
+    assert main(["evaluate", "--data", str(d), "-q", "10", "--model", "one-to-many-q10", "-n", "2",
+                 "--no-progress"]) == 2
+    assert "no readable images" in capsys.readouterr().err
