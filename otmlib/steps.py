@@ -187,7 +187,7 @@ class GanStep:
                 terms["ln"] = naturalness_loss(t.D(y).float())
             t.D.requires_grad_(True)
             weights["ln"] = cfg.weights.l2
-        qk = q.repeat(K, *([1] * (q.ndim - 1))) if K > 1 and q.ndim > 2 else q
+        qk = _repeat(q, K) if q.ndim > 2 else q  # one table for all, or one per JPEG
         terms["lj"] = jpeg.jpeg_loss(yf, _repeat(k, K), qk, weight=_repeat(aligned, K))
         weights["lj"] = cfg.weights.l3
         if g.mean_mse:
