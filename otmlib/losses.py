@@ -38,6 +38,8 @@ __all__ = [
     "PerceptualLoss",
     "naturalness_loss",
     "discriminator_terms",
+    "discriminator_real_term",
+    "discriminator_fake_term",
     "discriminator_loss",
     "jpeg_loss",
     "LossWeights",
@@ -339,15 +341,25 @@ def naturalness_loss(fake_logits: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-def discriminator_terms(real_logits: Tensor, fake_logits: Tensor) -> tuple[Tensor, Tensor]:
-    r"""The two terms of eq. (3): :math:`-\log D(x)` and :math:`-\log(1 - D(y))`, each a batch mean.
+def discriminator_real_term(real_logits: Tensor, real_label: float = 1.0) -> Tensor:
+    r"""Eq. (3)'s term on natural images, :math:`-\log D(x)`, a batch mean. ``real_label`` < 1 is one-sided
+    label smoothing (Salimans et al. 2016): binary cross-entropy against that target instead of 1."""
+    return F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, real_label))
 
-    For a training step that back-propagates them one at a time; ``fake_logits`` should come
-    from detached candidates so that G is fixed (Sec. 3.4, step 1).
+
+def discriminator_fake_term(fake_logits: Tensor) -> Tensor:
+    r"""Eq. (3)'s term on candidates, :math:`-\log(1 - D(y))`, a batch mean; the logits should come from
+    detached candidates so that G is fixed (Sec. 3.4, step 1)."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+
+
+def discriminator_terms(real_logits: Tensor, fake_logits: Tensor, real_label: float = 1.0) -> tuple[Tensor, Tensor]:
+    r"""The two terms of eq. (3): :func:`discriminator_real_term` and :func:`discriminator_fake_term`.
+
+    A training step may instead call the two one at a time and back-propagate each before the next
+    forward pass (half D's activation memory), as :class:`otmlib.steps.GanStep` does.
     """
-    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-    return real, fake
+    return discriminator_real_term(real_logits, real_label), discriminator_fake_term(fake_logits)
 
 
 def discriminator_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:

@@ -17,8 +17,7 @@ from otmlib import jpeg
 from otmlib.imageio import load_image
 from otmlib.metrics import all_metrics
 from otmlib.models import Generator
-from otmlib.restore import (FLAT_STD, TEXTURED_STD, candidate_variance, interval_share, local_std, restore_luma,
-                            texture_ratio)
+from otmlib.restore import candidate_variance, interval_share, region_sums, restore_luma, texture_ratio
 
 
 @lru_cache(maxsize=1)
@@ -129,11 +128,10 @@ def measure_image(
         outputs[f"one-to-many seed {s}"] = c
     div: dict[str, float] = {}
     if len(cands) > 1:
-        var, sd = candidate_variance(cands), local_std(y)
-        div["var_all"] = float(var.mean())
-        for name, mask in (("textured", sd > TEXTURED_STD), ("flat", sd < FLAT_STD)):
-            div[f"n_{name}"] = int(mask.sum())
-            div[f"var_{name}"] = float(var[mask].mean()) if mask.any() else 0.0
+        for name, (total, n) in region_sums(candidate_variance(cands), y).items():
+            div[f"var_{name}"] = total / n if n else 0.0
+            if name != "all":
+                div[f"n_{name}"] = n
     if kid_tiles is not None:
         kid_tiles.setdefault("original", []).append(tiles(y))
     rows = []
@@ -221,3 +219,24 @@ def summarise(per_output) -> "object":
         for k, v in pooled.items():
             out.loc["one-to-many", k] = v
     return out.reset_index()
+
+
+def check_targets(summary) -> "object":
+    """The one-to-many issue's targets against :func:`summarise`'s frame: one row per target, the measured
+    value and whether it is met (KID only when the frame has it)."""
+    import pandas as pd
+
+    s = summary.set_index("method")
+    one = s.loc["one-to-many"]
+    rows = {
+        "diversity / baseline RMSE >= 0.5": (one["diversity_over_rmse"], one["diversity_over_rmse"] >= 0.5),
+        "textured / flat >= 3": (one["textured_flat"], one["textured_flat"] >= 3),
+        "gap to the baseline within 3.5 dB": (one["gap_db"], one["gap_db"] >= -3.5),
+        "texture ratio 0.9-1.1": (one["texture_ratio"], 0.9 <= one["texture_ratio"] <= 1.1),
+        "BRISQUE <= 15": (one["brisque"], one["brisque"] <= 15),
+        "inside the intervals >= 99%": (one["interval_share"], one["interval_share"] >= 0.99),
+    }
+    if "kid" in s:
+        k = s["kid"]
+        rows["KID below the baseline's and the JPEG's"] = (k["one-to-many"], k["one-to-many"] < min(k["baseline"], k["JPEG"]))
+    return pd.DataFrame({name: {"measured": float(v), "met": bool(ok)} for name, (v, ok) in rows.items()}).T

@@ -291,16 +291,29 @@ def local_std(img: np.ndarray, window: int = LOCAL_WINDOW) -> np.ndarray:
     return np.sqrt(np.maximum(m2 - m * m, 0.0))
 
 
+REGIONS = ("all", "textured", "flat")
+
+
+def region_sums(per_pixel: np.ndarray, original: np.ndarray) -> dict[str, tuple[float, int]]:
+    """Sum and pixel count of a per-pixel map over all pixels and over the original's textured (local 9x9 std
+    above 12) and flat (below 3) ones: what diversity and error are pooled from, over one image or many."""
+    s = local_std(original)
+    masks = {"all": np.ones(s.shape, bool), "textured": s > TEXTURED_STD, "flat": s < FLAT_STD}
+    return {name: (float(per_pixel[m].sum()), int(m.sum())) for name, m in masks.items()}
+
+
+def pooled_rms(sums: dict[str, tuple[float, int]]) -> dict[str, float]:
+    """sqrt(sum / count) per region of :func:`region_sums` (added up over images); NaN for an empty region."""
+    return {name: float(np.sqrt(t / n)) if n else float("nan") for name, (t, n) in sums.items()}
+
+
 def diversity_stats(candidates: list[np.ndarray], original: np.ndarray) -> dict[str, float]:
     """Diversity overall and in the original's textured (local std > 12) and flat (< 3) regions, and their ratio.
 
     NaN for a region the image does not have (a ratio then is NaN too).
     """
-    var = candidate_variance(candidates)
-    s = local_std(original)
-    out = {"diversity": float(np.sqrt(var.mean()))}
-    for name, mask in (("textured", s > TEXTURED_STD), ("flat", s < FLAT_STD)):
-        out[f"diversity_{name}"] = float(np.sqrt(var[mask].mean())) if mask.any() else float("nan")
+    rms = pooled_rms(region_sums(candidate_variance(candidates), original))
+    out = {"diversity": rms["all"], "diversity_textured": rms["textured"], "diversity_flat": rms["flat"]}
     flat = out["diversity_flat"]
     out["textured_flat"] = out["diversity_textured"] / flat if flat > 0 else float("nan")
     return out

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from otmlib import jpeg
-from otmlib.losses import discriminator_terms, naturalness_loss
+from otmlib.losses import discriminator_fake_term, discriminator_real_term, naturalness_loss
 from otmlib.models import PIXEL_SCALE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -140,24 +140,22 @@ class GanStep:
         with t._autocast():
             y = t.G_ddp(xk, z)
         rec: dict[str, float] = {}
-        if with_d:  # step 1: fix G, update D (real and fake terms back-propagated one at a time)
-            t.D.requires_grad_(True)
+        if with_d:  # step 1: fix G, update D with eq. (3): natural patches, then one candidate per JPEG,
+            t.D.requires_grad_(True)  # each term back-propagated before the next forward (half the memory)
             t.optD.zero_grad(set_to_none=True)
             xr = x.detach().requires_grad_(True) if g.r1 else x
             with t._autocast():
                 real_logits = t.D(xr).float()
-            real, _ = discriminator_terms(real_logits, real_logits)
-            if g.real_label != 1.0:
-                real = F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, g.real_label))
-            d_real_term = 0.5 * real
+            real = discriminator_real_term(real_logits, g.real_label)
             if g.r1:
                 r1 = r1_penalty(real_logits, xr, g.r1)
-                d_real_term = d_real_term + r1
                 rec["r1"] = r1.item()
-            d_real_term.backward()
+                (0.5 * real + r1).backward()
+            else:
+                (0.5 * real).backward()
             with t._autocast():
                 fake_logits = t.D(y[:B].detach()).float()
-            _, fake = discriminator_terms(fake_logits, fake_logits)
+            fake = discriminator_fake_term(fake_logits)
             (0.5 * fake).backward()
             d_loss = 0.5 * (real.detach() + fake.detach())
             t._check({"d": d_loss})

@@ -27,14 +27,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from otmlib import jpeg
 from otmlib.data import CodedImage, DataConfig, JpegPatchDataset, StreamSampler
-from otmlib.losses import LossWeights, PerceptualLoss, combined_generator_loss, discriminator_loss, naturalness_loss
+from otmlib.losses import LossWeights, PerceptualLoss
 from otmlib.metrics import psnr, psnr_b
 from otmlib.models import (Discriminator, Generator, GeneratorConfig, add_noise_branch, fold_shift_and_average,
                            grow_aggregation, widen_units)
@@ -451,23 +450,25 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Mean PSNR / PSNR-B of :attr:`G_eval` on the held-out images (z seed 0 for one-to-many).
 
-        One-to-many: also the diversity of 4 candidates (seeds 0-3) overall, in textured and in flat
-        regions (:func:`otmlib.restore.diversity_stats`, pooled over the images), and with a frozen L2
-        parent its RMSE (the spread an ideal sampler would have).
+        One-to-many: also the diversity of 4 candidates (seeds 0-3) overall, in textured and in flat regions
+        (:func:`otmlib.restore.region_sums`, pooled over the images) and, with a frozen L2 parent, its RMSE in
+        the same regions (the spread an ideal sampler would have there).
         """
-        from otmlib.restore import candidate_variance, local_std, FLAT_STD, TEXTURED_STD
+        from otmlib.restore import REGIONS, candidate_variance, pooled_rms, region_sums
 
         if not self.val_images:
             return {}
         G = self.G_eval
         G.eval()
         ps, pbs, pj = [], [], []
-        var_sum = {"all": 0.0, "textured": 0.0, "flat": 0.0}
-        var_n = {"all": 0, "textured": 0, "flat": 0}
-        ref_se, ref_n = 0.0, 0
+        div = {r: (0.0, 0) for r in REGIONS}
+        ref_err = {r: (0.0, 0) for r in REGIONS}
 
         def luma(a: np.ndarray) -> np.ndarray:  # score colour on its luminance, like the paper
             return jpeg.luminance(a.transpose(1, 2, 0)) if a.shape[0] == 3 else a[0]
+
+        def add(acc: dict, new: dict) -> dict:
+            return {r: (acc[r][0] + new[r][0], acc[r][1] + new[r][1]) for r in REGIONS}
 
         for im in self.val_images:
             xj = torch.from_numpy(im.coded[None].astype(np.float32)).to(self.device)
@@ -478,23 +479,18 @@ class Trainer:
             pbs.append(psnr_b(gt, outs[0]))
             pj.append(psnr(gt, dec))
             if len(outs) > 1:
-                var, s = candidate_variance(outs), local_std(gt)
-                for name, mask in (("all", np.ones_like(s, bool)), ("textured", s > TEXTURED_STD),
-                                   ("flat", s < FLAT_STD)):
-                    var_sum[name] += float(var[mask].sum())
-                    var_n[name] += int(mask.sum())
+                div = add(div, region_sums(candidate_variance(outs), gt))
             if self.G_ref is not None:
-                ref = luma(to_uint8_image(self.G_ref(xj)[0]))
-                ref_se += float(((ref.astype(np.float64) - gt) ** 2).sum())
-                ref_n += ref.size
+                ref = luma(to_uint8_image(self.G_ref(xj)[0])).astype(np.float64)
+                ref_err = add(ref_err, region_sums((ref - gt) ** 2, gt))
         G.train()
         rec = {"val_psnr": float(np.mean(ps)), "val_psnrb": float(np.mean(pbs)), "val_psnr_jpeg": float(np.mean(pj))}
-        if var_n["all"]:
-            for name in var_sum:
-                rec[f"val_div_{name}"] = math.sqrt(var_sum[name] / var_n[name]) if var_n[name] else float("nan")
+        if div["all"][1]:
+            rec.update({f"val_div_{r}": v for r, v in pooled_rms(div).items()})
             rec["val_textured_flat"] = rec["val_div_textured"] / max(rec["val_div_flat"], 1e-12)
-        if ref_n:
-            rec["val_ref_rmse"] = math.sqrt(ref_se / ref_n)
+        if ref_err["all"][1]:
+            rms = pooled_rms(ref_err)
+            rec.update(val_ref_rmse=rms["all"], val_ref_rmse_textured=rms["textured"], val_ref_rmse_flat=rms["flat"])
             if "val_div_all" in rec:
                 rec["val_div_over_rmse"] = rec["val_div_all"] / rec["val_ref_rmse"]
         return rec

@@ -174,6 +174,29 @@ def refuse_non_finite(path: str | Path, state: dict[str, torch.Tensor]) -> None:
                          f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); re-download or re-export it")
 
 
+def _read_state(path: Path) -> tuple[dict, dict[str, torch.Tensor], Generator | None]:
+    """A release file's metadata, G's tensors, and its L2 parent (eval mode) if it carries one; damaged
+    values and tensors that do not fit the described network are refused naming the file."""
+    meta = read_metadata(path)
+    state = load_file(str(path))
+    refuse_non_finite(path, state)
+    parent_state = {k[len(L2_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(L2_PREFIX)}
+    parent = None
+    if parent_state and "l2_parent" in meta:
+        parent = Generator(GeneratorConfig(**json.loads(meta["l2_parent"])))
+        _load_strict(path, parent, parent_state)
+        parent.eval()
+    return meta, state, parent
+
+
+def _load_strict(path: Path, G: Generator, state: dict[str, torch.Tensor]) -> None:
+    try:
+        G.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ValueError(f"{path}: the weights do not fit the network its metadata describes ({first})") from None
+
+
 def load_generator(
     name_or_path: str | Path, device: torch.device | str = "cpu", alpha: float | None = None
 ) -> tuple[Generator, dict]:
@@ -183,34 +206,18 @@ def load_generator(
     :func:`otmlib.models.interpolate_generators`, 0 = the baseline's function, 1 (or None) = the file's G.
     """
     path = resolve(name_or_path)
-    meta = read_metadata(path)
-    cfg = GeneratorConfig(**json.loads(meta["gen_config"]))
-    G = Generator(cfg)
-    state = load_file(str(path))
-    refuse_non_finite(path, state)
-    parent = {k[len(L2_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(L2_PREFIX)}
-    try:
-        G.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise ValueError(f"{path}: the weights do not fit the network its metadata describes ({first})") from None
+    meta, state, parent = _read_state(path)
+    G = Generator(GeneratorConfig(**json.loads(meta["gen_config"])))
+    _load_strict(path, G, state)
     if alpha is not None and alpha != 1.0:
-        if not (parent and "l2_parent" in meta):
+        if parent is None:
             raise ValueError(f"{path}: --alpha needs a one-to-many model that carries its L2 parent "
                              "(warm-started from a baseline); this file has none")
-        base = Generator(GeneratorConfig(**json.loads(meta["l2_parent"])))
-        base.load_state_dict(parent)
-        G = interpolate_generators(base.eval(), G.eval(), alpha)
+        G = interpolate_generators(parent, G.eval(), alpha)
     return G.to(device).eval(), meta
 
 
 def load_l2_parent(name_or_path: str | Path, device: torch.device | str = "cpu") -> Generator | None:
     """The L2 baseline a one-to-many release file was warm-started from (eval mode), or None if it carries none."""
-    path = resolve(name_or_path)
-    meta = read_metadata(path)
-    if "l2_parent" not in meta:
-        return None
-    state = {k[len(L2_PREFIX):]: v for k, v in load_file(str(path)).items() if k.startswith(L2_PREFIX)}
-    G = Generator(GeneratorConfig(**json.loads(meta["l2_parent"])))
-    G.load_state_dict(state)
-    return G.to(device).eval()
+    parent = _read_state(resolve(name_or_path))[2]
+    return parent.to(device).eval() if parent is not None else None

@@ -46,3 +46,22 @@ def test_measure_image_rows(camera):
     assert list(s["method"]) == ["JPEG", "baseline", "one-to-many"]
     assert s.loc[s.method == "one-to-many", "outputs"].item() == 2
     assert s.loc[s.method == "JPEG", "psnr"].item() == pytest.approx(rows[0]["psnr"])
+
+
+def test_check_targets_reads_the_summary():
+    import pandas as pd
+
+    from otmlib.measure import check_targets
+
+    s = pd.DataFrame([
+        {"method": "JPEG", "kid": 0.9},
+        {"method": "baseline", "kid": 0.6},
+        {"method": "one-to-many", "kid": 0.7, "diversity_over_rmse": 0.6, "textured_flat": 2.9, "gap_db": -3.6,
+         "texture_ratio": 1.0, "brisque": 10.0, "interval_share": 0.995},
+    ])
+    t = check_targets(s)
+    met = t["met"].to_dict()
+    assert met["diversity / baseline RMSE >= 0.5"] and not met["textured / flat >= 3"]
+    assert not met["gap to the baseline within 3.5 dB"] and met["texture ratio 0.9-1.1"]
+    assert met["inside the intervals >= 99%"] and not met["KID below the baseline's and the JPEG's"]
+    assert t.loc["textured / flat >= 3", "measured"] == 2.9

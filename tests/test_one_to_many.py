@@ -162,8 +162,8 @@ def test_moments_run_warm_starts_freezes_d_logs_diagnostics_and_resumes(images, 
                                                 "grad_lj", "grad_spread", "grad_mse_mean", "spread"))
     val_rec = [r for r in log if "val_div_all" in r][-1]
     assert val_rec["val_div_all"] > 0 and "val_div_over_rmse" in val_rec
+    assert val_rec["val_ref_rmse"] > 0 and "val_ref_rmse_textured" in val_rec and "val_ref_rmse_flat" in val_rec
     # resume: the frozen parent comes back from the checkpoint, and the run continues bit-identically
-    again = Trainer(_moments_cfg(tmp_path / "otm", str(parent.ckpt_path)), train, val, progress=False)
     two = Trainer(_moments_cfg(tmp_path / "otm2", str(parent.ckpt_path)), train, val, progress=False)
     two.init_from(cfg.init)
     two.fit(2)
@@ -290,3 +290,15 @@ def test_r1_runs_in_the_gan_step(images, tmp_path):
     t.fit()
     rec = [r for r in t.read_log() if "r1" in r][-1]
     assert rec["r1"] > 0 and "d_real" in rec
+
+
+def test_label_smoothing_is_cross_entropy_against_the_smoothed_target():
+    from otmlib.losses import discriminator_fake_term, discriminator_real_term, discriminator_terms
+
+    logits = torch.tensor([-2.0, 0.0, 3.0])
+    p = torch.sigmoid(logits)
+    want = -(0.9 * torch.log(p) + 0.1 * torch.log(1 - p)).mean()
+    assert discriminator_real_term(logits, 0.9).item() == pytest.approx(want.item(), rel=1e-6)
+    assert discriminator_fake_term(logits).item() == pytest.approx(-torch.log(1 - p).mean().item(), rel=1e-6)
+    real, fake = discriminator_terms(logits, logits)
+    assert real.item() == pytest.approx(-torch.log(p).mean().item(), rel=1e-6) and fake == discriminator_fake_term(logits)
