@@ -547,7 +547,7 @@ def count_flops_per_pixel(cfg: GeneratorConfig) -> float:
     return per_low_res / (s * s)
 
 
-def add_noise_branch(G: Generator, z_init_gain: float = 0.1, seed: int = 0) -> Generator:
+def add_noise_branch(G: Generator, z_init_gain: float = 0.1, seed: int = 0, noise_sigma: float = 1.0) -> Generator:
     """A one-to-many G that starts as the baseline ``G`` plus a new ``z`` branch (ESRGAN-style warm start).
 
     Every tensor of ``G`` is copied; the new noise branch gets a fresh He initialisation (from ``seed``)
@@ -555,6 +555,7 @@ def add_noise_branch(G: Generator, z_init_gain: float = 0.1, seed: int = 0) -> G
     He-uniform weights scaled by ``z_init_gain``. With ``z_init_gain = 0`` the result computes exactly
     ``G``'s function for every ``z``; a small gain lets ``z`` move the output from the first step, so
     gradients reach the new branch (a zero fusion would leave the branch with no gradient at all).
+    ``noise_sigma`` is the std of the new model's z (:meth:`Generator.sample_noise`).
     """
     cfg = G.cfg
     if cfg.noise:
@@ -564,7 +565,7 @@ def add_noise_branch(G: Generator, z_init_gain: float = 0.1, seed: int = 0) -> G
     device = G.deconv.weight.device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        new = Generator(dataclasses.replace(cfg, noise=True)).to(device)
+        new = Generator(dataclasses.replace(cfg, noise=True, noise_sigma=noise_sigma)).to(device)
     state = new.state_dict()
     for name, t in G.state_dict().items():
         state[name] = t.clone()

@@ -25,7 +25,7 @@ from otmlib.models import PIXEL_SCALE
 if TYPE_CHECKING:  # pragma: no cover
     from otmlib.train import Trainer
 
-PERCEPTUAL_ON = ("each", "mean")
+PERCEPTUAL_ON = ("each", "mean", "one")
 
 
 @dataclass
@@ -42,7 +42,7 @@ class GanConfig:
     """
 
     candidates: int = 1  # K candidates of each JPEG per step (paper: 1)
-    perceptual_on: str = "each"  # L_p on "each" candidate (paper) or on the "mean" of the K (MR-GAN)
+    perceptual_on: str = "each"  # L_p on "each" candidate (paper), the "mean" of the K (MR-GAN) or "one" of them
     mean_mse: float = 0.0  # weight of the per-pixel MSE of the candidates' mean, in grey levels^2
     spread: float = 0.0  # weight of the log-variance matching term (0: off; needs candidates >= 2 and init)
     spread_window: int = 8  # block size of the local variance (8: the JPEG block)
@@ -50,6 +50,8 @@ class GanConfig:
     mode_seeking: float = 0.0  # weight of MSGAN's term on perceptual features (Mao et al. 2019; needs K >= 2)
     real_label: float = 1.0  # D's target for natural images; 0.9 = one-sided label smoothing (Salimans 2016)
     d_lr_ratio: float = 1.0  # D's learning rate / G's
+    d_steps: int = 1  # D updates per iteration (step i shows D candidate i mod K); the update ratio D:G
+    d_every: int = 1  # update D on every d_every-th iteration only (G:D update ratio d_every:1)
     r1: float = 0.0  # gamma of the R1 penalty on natural patches, gamma/2 E|grad D|^2 per [-1, 1] pixel (Mescheder 2018)
     z_init_gain: float = 0.1  # fusion weights of a z branch added to a baseline parent (init_from)
 
@@ -62,8 +64,12 @@ class GanConfig:
             raise ValueError("gan.spread needs gan.candidates >= 2 (a spread of one candidate is 0)")
         if self.mode_seeking and self.candidates < 2:
             raise ValueError("gan.mode_seeking needs gan.candidates >= 2 (it compares two candidates)")
-        if self.perceptual_on == "mean" and self.candidates < 2:
-            raise ValueError("gan.perceptual_on 'mean' needs gan.candidates >= 2")
+        if self.perceptual_on in ("mean", "one") and self.candidates < 2:
+            raise ValueError(f"gan.perceptual_on {self.perceptual_on!r} needs gan.candidates >= 2")
+        if self.d_steps < 1 or self.d_every < 1:
+            raise ValueError(f"gan.d_steps and gan.d_every must be >= 1, got {self.d_steps} and {self.d_every}")
+        if self.d_steps > 1 and self.d_every > 1:
+            raise ValueError("set gan.d_steps (D more often than G) or gan.d_every (G more often than D), not both")
         if not 0.5 < self.real_label <= 1.0:
             raise ValueError(f"gan.real_label must be in (0.5, 1], got {self.real_label}")
         if self.d_lr_ratio <= 0 or self.r1 < 0 or self.mode_seeking < 0 or self.spread < 0 or self.mean_mse < 0 or self.spread_floor <= 0:
@@ -129,6 +135,30 @@ class GanStep:
     def __init__(self, trainer: Trainer) -> None:
         self.t = trainer
 
+    def _d_update(self, x: Tensor, fake: Tensor, rec: dict[str, float]) -> tuple[Tensor, Tensor, Tensor]:
+        """One Adam step of D on natural patches ``x`` and candidates ``fake``; returns both logits and eq. (3)."""
+        t, g = self.t, self.t.cfg.gan
+        t.optD.zero_grad(set_to_none=True)
+        xr = x.detach().requires_grad_(True) if g.r1 else x
+        with t._autocast():
+            real_logits = t.D(xr).float()
+        real = discriminator_real_term(real_logits, g.real_label)
+        if g.r1:
+            r1 = r1_penalty(real_logits, xr, g.r1)
+            rec["r1"] = r1.item()
+            (0.5 * real + r1).backward()
+        else:
+            (0.5 * real).backward()
+        with t._autocast():
+            fake_logits = t.D(fake).float()
+        fake_term = discriminator_fake_term(fake_logits)
+        (0.5 * fake_term).backward()
+        d_loss = 0.5 * (real.detach() + fake_term.detach())
+        t._check({"d": d_loss})
+        t._allreduce_grads(t.D)
+        t.optD.step()
+        return real_logits.detach(), fake_logits.detach(), d_loss
+
     def __call__(self, x: Tensor, xj: Tensor, q: Tensor, aligned: Tensor, diagnose: bool) -> dict[str, float]:
         t, cfg = self.t, self.t.cfg
         g = cfg.gan
@@ -140,33 +170,20 @@ class GanStep:
         with t._autocast():
             y = t.G_ddp(xk, z)
         rec: dict[str, float] = {}
-        if with_d:  # step 1: fix G, update D with eq. (3): natural patches, then one candidate per JPEG,
+        update_d = with_d and t.step % g.d_every == 0
+        if update_d:  # step 1: fix G, update D with eq. (3): natural patches, then one candidate per JPEG,
             t.D.requires_grad_(True)  # each term back-propagated before the next forward (half the memory)
-            t.optD.zero_grad(set_to_none=True)
-            xr = x.detach().requires_grad_(True) if g.r1 else x
-            with t._autocast():
-                real_logits = t.D(xr).float()
-            real = discriminator_real_term(real_logits, g.real_label)
-            if g.r1:
-                r1 = r1_penalty(real_logits, xr, g.r1)
-                rec["r1"] = r1.item()
-                (0.5 * real + r1).backward()
-            else:
-                (0.5 * real).backward()
-            with t._autocast():
-                fake_logits = t.D(y[:B].detach()).float()
-            fake = discriminator_fake_term(fake_logits)
-            (0.5 * fake).backward()
-            d_loss = 0.5 * (real.detach() + fake.detach())
-            t._check({"d": d_loss})
-            t._allreduce_grads(t.D)
-            t.optD.step()
+            for i in range(g.d_steps):
+                real_logits, fake_logits, d_loss = self._d_update(x, y[(i % K) * B:(i % K + 1) * B].detach(), rec)
             rec["d"] = d_loss.item()
-            if diagnose:
-                rec.update(d_real=torch.sigmoid(real_logits).mean().item(),
-                           d_fake=torch.sigmoid(fake_logits).mean().item(),
-                           d_acc_real=(real_logits > 0).float().mean().item(),
-                           d_acc_fake=(fake_logits < 0).float().mean().item())
+        elif with_d and diagnose:  # D not updated this iteration: its outputs, for the log only
+            with torch.no_grad(), t._autocast():
+                real_logits, fake_logits = t.D(x).float(), t.D(y[:B].detach()).float()
+        if with_d and diagnose:
+            rec.update(d_real=torch.sigmoid(real_logits).mean().item(),
+                       d_fake=torch.sigmoid(fake_logits).mean().item(),
+                       d_acc_real=(real_logits > 0).float().mean().item(),
+                       d_acc_fake=(fake_logits < 0).float().mean().item())
         # step 2: fix D (no gradient into its weights), update G
         terms: dict[str, Tensor] = {}
         weights: dict[str, float] = {}
@@ -176,6 +193,8 @@ class GanStep:
         with t._autocast():
             if g.perceptual_on == "mean":
                 terms["lp"] = t.perceptual(mean, x).float()
+            elif g.perceptual_on == "one":  # the first candidate only; the others answer to L_n and L_j
+                terms["lp"] = t.perceptual(y[:B], x).float()
             else:
                 terms["lp"] = t.perceptual(y, _repeat(x, K)).float()
         weights["lp"] = cfg.weights.l1

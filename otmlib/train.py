@@ -312,11 +312,12 @@ class Trainer:
                 parent = grow_aggregation(parent, want.agg_units)
             parent_cfg, state = want, parent.state_dict()  # (inner_width None and == width are one network)
         added_z = False
-        if self.cfg.gen.noise and not parent_cfg.noise and dataclasses.replace(parent_cfg, noise=True) == want:
+        if self.cfg.gen.noise and not parent_cfg.noise and \
+                dataclasses.replace(parent_cfg, noise=True, noise_sigma=want.noise_sigma) == want:
             parent = Generator(parent_cfg)
             parent.load_state_dict(state)
             self._set_ref(parent_cfg, state)  # the L2 parent, frozen: the spread target and alpha = 0
-            parent = add_noise_branch(parent, self.cfg.gan.z_init_gain, seed=self.cfg.seed)
+            parent = add_noise_branch(parent, self.cfg.gan.z_init_gain, seed=self.cfg.seed, noise_sigma=want.noise_sigma)
             parent_cfg, state, added_z = parent.cfg, parent.state_dict(), True
         if parent_cfg != self.cfg.gen:
             raise ValueError(f"{path}: its network ({gen}) is not this run's ({asdict(self.cfg.gen)}); "

@@ -302,3 +302,63 @@ def test_label_smoothing_is_cross_entropy_against_the_smoothed_target():
     assert discriminator_fake_term(logits).item() == pytest.approx(-torch.log(1 - p).mean().item(), rel=1e-6)
     real, fake = discriminator_terms(logits, logits)
     assert real.item() == pytest.approx(-torch.log(p).mean().item(), rel=1e-6) and fake == discriminator_fake_term(logits)
+
+
+@pytest.mark.parametrize("gan, d_updates", [
+    (dict(d_every=2), 1),  # steps 1..3 (D from step 1): D updates at step 2 only
+    (dict(d_steps=2), 6),  # twice each of steps 1, 2 and 3
+])
+def test_update_ratio_counts_d_steps(images, tmp_path, gan, d_updates):
+    train, val = images
+    base = dict(candidates=2, perceptual_on="one")
+    cfg = TrainConfig(mode="one-to-many", gen=GeneratorConfig(width=8, branch_units=1, agg_units=1),
+                      data=DataConfig(patch=32, seed=1), gan=GanConfig(**base, **gan),
+                      backbone="efficientnet-lite0", batch_size=2, steps=4, epoch_samples=2, bf16=False,
+                      log_every=1, val_every=100, out=str(tmp_path / "ratio"))
+    t = Trainer(cfg, train, val, progress=False)
+    calls = []
+    step = t.optD.step
+    t.optD.step = lambda *a, **k: (calls.append(t.step), step(*a, **k))[1]
+    t.fit()
+    assert len(calls) == d_updates
+    log = [r for r in t.read_log() if "grad_lp" in r]
+    # D's outputs are logged on every step with D, updated or not
+    assert [("d_real" in r) for r in log] == [False, True, True, True]
+    assert all(("d" in r) == (r["step"] - 1 in calls) for r in log)  # a record names the step after it
+
+
+def test_update_ratio_and_perceptual_choice_are_checked():
+    with pytest.raises(ValueError, match="not both"):
+        GanConfig(d_steps=2, d_every=2)
+    with pytest.raises(ValueError, match=">= 1"):
+        GanConfig(d_every=0)
+    with pytest.raises(ValueError, match="'one' needs"):
+        GanConfig(perceptual_on="one")
+
+
+def test_perceptual_on_one_candidate_sees_the_first_candidate_only(images, tmp_path):
+    """With L_p on "one", the perceptual term reads candidate 0 of each JPEG (a view of G's output), not the
+    mean of the K (a new tensor) nor all of them."""
+    train, val = images
+    seen = {}
+    for on in ("one", "mean", "each"):
+        cfg = TrainConfig(mode="one-to-many", gen=GeneratorConfig(width=8, branch_units=1, agg_units=1),
+                          data=DataConfig(patch=32, seed=1), gan=GanConfig(candidates=2, perceptual_on=on),
+                          backbone="efficientnet-lite0", batch_size=2, steps=1, epoch_samples=100, bf16=False,
+                          out=str(tmp_path / on))
+        t = Trainer(cfg, train, val, progress=False)
+        forward = t.perceptual.forward
+        t.perceptual.forward = lambda y, x, f=forward, on=on: (seen.__setitem__(on, y), f(y, x))[1]
+        t.fit()
+    assert seen["one"].shape[0] == 2 and seen["one"]._base is not None and seen["one"]._base.shape[0] == 4
+    assert seen["mean"].shape[0] == 2 and seen["mean"]._base is None
+    assert seen["each"].shape[0] == 4
+
+
+def test_warm_start_takes_the_runs_sigma_of_z(tmp_path):
+    G = _trained_baseline()
+    new = add_noise_branch(G, 0.1, noise_sigma=3.0)
+    assert new.cfg.noise_sigma == 3.0
+    x = torch.rand(1, 1, 16, 16) * 255
+    z1 = new.sample_noise(x, seed=5)
+    assert float(z1.std()) == pytest.approx(3.0, rel=0.3)
