@@ -13,7 +13,6 @@ Images are float tensors (N, C, H, W) in [0, 255], C = 1 (grey, repeated to RGB)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -99,85 +98,39 @@ def _build_vgg19(pretrained: bool) -> nn.Module:
 # EfficientNet-Lite0: the offline ImageNet backbone
 # --------------------------------------------------------------------------------------------
 
-# (repeats, kernel, stride, expand ratio, in channels, out channels) of the 7 stages, as in
-# TensorFlow's efficientnet_lite_builder.py: no squeeze-excite, ReLU6, 32-channel stem.
-_LITE0_STAGES = (
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
-)
-# Blocks 0..10 = stages 1-5: the deepest features at stride 16, the resolution of relu5_4
-# (block 11 halves it again, leaving 2x2 maps for a 64x64 patch).
+# Blocks 0..10 = stages 1-5 of EfficientNet-Lite0: the deepest features at stride 16, the resolution of
+# relu5_4 (block 11 halves it again, leaving 2x2 maps for a 64x64 patch).
 LITE0_FEATURE_BLOCKS = 11
-_BN_EPS = 1e-3  # TensorFlow's batch_norm_epsilon for EfficientNet
-
-
-class _SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow's "SAME" padding (extra pixel bottom/right), for any input size."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        pads = []
-        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-            pads += [total // 2, total - total // 2]
-        return super().forward(F.pad(x, pads))
-
-
-class _MBConv(nn.Module):
-    """Inverted residual block (MobileNetV2), EfficientNet-Lite flavour: no SE, ReLU6."""
-
-    def __init__(self, kernel: int, stride: int, expand: int, c_in: int, c_out: int) -> None:
-        super().__init__()
-        mid = c_in * expand
-        self.expand = expand
-        if expand != 1:
-            self.expand_conv = nn.Conv2d(c_in, mid, 1, bias=False)
-            self.bn0 = nn.BatchNorm2d(mid, eps=_BN_EPS)
-        self.depthwise_conv = _SameConv2d(mid, mid, kernel, stride, groups=mid, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid, eps=_BN_EPS)
-        self.project_conv = nn.Conv2d(mid, c_out, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out, eps=_BN_EPS)
-        self.residual = stride == 1 and c_in == c_out
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = F.relu6(self.bn0(self.expand_conv(x))) if self.expand != 1 else x
-        h = F.relu6(self.bn1(self.depthwise_conv(h)))
-        h = self.bn2(self.project_conv(h))  # linear bottleneck: no activation
-        return h + x if self.residual else h
 
 
 class EfficientNetLite0Features(nn.Module):
-    """EfficientNet-Lite0 stem and its first ``num_blocks`` MBConv blocks.
+    """EfficientNet-Lite0's stem and its first ``num_blocks`` MBConv blocks, the modules of the package
+    ``efficientnet-lite-pytorch`` (TensorFlow "SAME" padding, ReLU6, no squeeze-excite).
 
-    Module names follow the lukemelas/EfficientNet-PyTorch state dict without the leading
-    underscores (``_blocks.3._bn1.weight`` -> ``blocks.3.bn1.weight``). With the default 11 blocks
-    the output is the end of stage 5: 112 channels at stride 16, e.g. (N, 112, 4, 4) for 64x64.
+    Attribute names are the package's, so the ImageNet state dict loads by its own keys. With the default
+    11 blocks the output is the end of stage 5: 112 channels at stride 16, e.g. (N, 112, 4, 4) for 64x64.
     """
 
     def __init__(self, num_blocks: int = LITE0_FEATURE_BLOCKS) -> None:
         super().__init__()
-        self.conv_stem = _SameConv2d(3, 32, 3, 2, bias=False)
-        self.bn0 = nn.BatchNorm2d(32, eps=_BN_EPS)
-        blocks = []
-        for repeats, kernel, stride, expand, c_in, c_out in _LITE0_STAGES:
-            for r in range(repeats):
-                blocks.append(_MBConv(kernel, stride if r == 0 else 1, expand, c_in if r == 0 else c_out, c_out))
-        if not 1 <= num_blocks <= len(blocks):
-            raise ValueError(f"num_blocks must be in 1..{len(blocks)}, got {num_blocks}")
-        self.blocks = nn.Sequential(*blocks[:num_blocks])
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as err:
+            raise BackboneUnavailable("efficientnet-lite0 needs the package efficientnet-lite-pytorch "
+                                      "(pip install efficientnet-lite-pytorch)") from err
+        net = EfficientNet.from_name("efficientnet-lite0", image_size=None)  # None: SAME padding per input size
+        if not 1 <= num_blocks <= len(net._blocks):
+            raise ValueError(f"num_blocks must be in 1..{len(net._blocks)}, got {num_blocks}")
+        self._conv_stem, self._bn0, self._act = net._conv_stem, net._bn0, net._swish  # _swish is ReLU6 in Lite
+        self._blocks = nn.Sequential(*net._blocks[:num_blocks])  # forward(x) without drop-connect: eval
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.blocks(F.relu6(self.bn0(self.conv_stem(x))))
+        return self._blocks(self._act(self._bn0(self._conv_stem(x))))
 
     def load_lukemelas_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Load the stem and our blocks from a full lukemelas-named EfficientNet state dict."""
-        renamed = {".".join(p.lstrip("_") for p in k.split(".")): v for k, v in state.items()}
+        """Load the stem and our blocks from the package's full (classifier) state dict."""
         own = self.state_dict().keys()
-        self.load_state_dict({k: v for k, v in renamed.items() if k in own}, strict=True)
+        self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
 
 
 def efficientnet_lite0_weights_path() -> Path:

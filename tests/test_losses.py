@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import urllib.error
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torch.nn as nn
 from skimage import data, transform
 
@@ -125,22 +128,39 @@ def test_lite0_weights_classify_a_cat(lite0_state):
     assert top5[0] in IMAGENET_CATS
 
 
-def test_lite0_features_match_the_package_forward(lite0_state, lite0_loss):
-    """Our re-implementation (own SAME padding, blocks) vs the package's modules on real weights."""
-    from efficientnet_lite_pytorch import EfficientNet
+def _tf_same_conv(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
+    """TensorFlow's "SAME": output ceil(size / stride), the odd padding pixel at the bottom / right."""
+    pads = []
+    for size, k, s in zip(reversed(x.shape[-2:]), reversed(conv.kernel_size), reversed(conv.stride)):
+        total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+        pads += [total // 2, total - total // 2]
+    return F.conv2d(F.pad(x, pads), conv.weight, None, conv.stride, 0, 1, conv.groups)
 
-    ref = EfficientNet.from_name("efficientnet-lite0")
-    ref.load_state_dict(lite0_state)
-    ref.eval()
-    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+
+def _bn(x: torch.Tensor, bn: torch.nn.BatchNorm2d) -> torch.Tensor:
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, 1e-3)
+
+
+def test_lite0_features_equal_tensorflow_same_padding_written_out(lite0_loss):
+    """The package's modules, as otm builds them, against EfficientNet-Lite written out from TensorFlow's
+    builder (SAME padding per input size, ReLU6, linear bottleneck, no SE) with the same weights, at an odd
+    size where a padding fixed for 224x224 inputs would differ."""
+    net = lite0_loss.net
+    x = torch.randn(2, 3, 61, 97, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        h = ref._swish(ref._bn0(ref._conv_stem(x)))
-        for block in ref._blocks[:11]:  # stem + blocks 0-10: the end of stage 5, stride 16
-            h = block(h)
-        ours = lite0_loss.net(x)
-    assert len(lite0_loss.net.blocks) == 11 and ours.shape == (2, 112, 4, 6)
+        h = F.relu6(_bn(_tf_same_conv(x, net._conv_stem), net._bn0))
+        for block in net._blocks:
+            inp = h
+            if block._block_args.expand_ratio != 1:
+                h = F.relu6(_bn(F.conv2d(h, block._expand_conv.weight), block._bn0))
+            h = F.relu6(_bn(_tf_same_conv(h, block._depthwise_conv), block._bn1))
+            h = _bn(F.conv2d(h, block._project_conv.weight), block._bn2)
+            if h.shape == inp.shape:
+                h = h + inp
+        ours = net(x)
+    assert len(net._blocks) == 11 and ours.shape == (2, 112, 4, 7)  # stride 16: ceil(61/16), ceil(97/16)
     assert h.abs().mean() > 0.1  # a live layer, not a degenerate one
-    torch.testing.assert_close(ours, h, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours, h, rtol=1e-5, atol=1e-5)
 
 
 def test_lite0_feature_shape_for_a_64_patch(lite0_loss):
