@@ -201,11 +201,19 @@ def load_coded(
         except ImageError as e:
             failures.append(str(e))
             continue
-        for s in scales:
-            im = rescale(img, s)
-            if min(im.shape[:2]) >= cfg.patch + 8:
-                out.append(code_image(f.name if s == 1 else f"{f.name}@{s:g}", im, cfg.quality, cfg.colour))
+        out += coded_versions(f.name, img, cfg, scales)
     return out, failures
+
+
+def coded_versions(name: str, img: np.ndarray, cfg: DataConfig, scales: Sequence[float] = (1.0,)) -> list[CodedImage]:
+    """``img`` resized to each of ``scales`` and compressed once, named ``name@scale`` (``name`` at 1);
+    a version smaller than ``patch + 8`` on a side is left out."""
+    out = []
+    for s in scales:
+        im = rescale(img, s)
+        if min(im.shape[:2]) >= cfg.patch + 8:
+            out.append(code_image(name if s == 1 else f"{name}@{s:g}", im, cfg.quality, cfg.colour))
+    return out
 
 
 def sample_coded(cfg: DataConfig) -> tuple[list[CodedImage], list[CodedImage]]:
@@ -213,9 +221,7 @@ def sample_coded(cfg: DataConfig) -> tuple[list[CodedImage], list[CodedImage]]:
     from otmlib.datasets import sample_images
 
     images = [(n, a) for n, a in sample_images().items() if min(a.shape[:2]) >= cfg.patch + 8]
-    train = [code_image(n if s == 1 else f"{n}@{s:g}", im, cfg.quality, cfg.colour)
-             for n, a in images[:-2] for s in cfg.scales
-             if min((im := rescale(a, s)).shape[:2]) >= cfg.patch + 8]
+    train = [c for n, a in images[:-2] for c in coded_versions(n, a, cfg, cfg.scales)]
     return train, [code_image(n, a, cfg.quality, cfg.colour) for n, a in images[-2:]]
 
 
@@ -230,8 +236,10 @@ class TrainingSets:
     failures: list[str]
 
 
-def training_sets(cfg: DataConfig, progress: bool = True) -> TrainingSets:
-    """Resolve the data (see :func:`otmlib.datasets.resolve_bsds500`), code every image once."""
+def training_sets(cfg: DataConfig, progress: bool = True, max_images: int | None = None) -> TrainingSets:
+    """Resolve the data (see :func:`otmlib.datasets.resolve_bsds500`), code every image once.
+
+    ``max_images``: only the first that many training images (a small training in a notebook)."""
     import hashlib
 
     from otmlib.datasets import resolve_bsds500, sha256_file
@@ -239,9 +247,11 @@ def training_sets(cfg: DataConfig, progress: bool = True) -> TrainingSets:
     source = resolve_bsds500(cfg.data)
     if source.is_samples:
         train, val = sample_coded(cfg)
+        train = train[:max_images]
         digest = hashlib.sha256(",".join(im.name for im in train).encode()).hexdigest()
         return TrainingSets(train, val, f"scikit-image samples ({source.message})", digest, [])
     train_files, val_files = split_files(source.root, cfg.splits, cfg.val_holdout)
+    train_files = train_files[:max_images]
     h = hashlib.sha256()
     for f in sorted(train_files, key=lambda p: p.name):
         h.update(f"{f.name} {sha256_file(f)}\n".encode())

@@ -33,13 +33,13 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from otmlib import evaluate, jpeg
-from otmlib.data import CodedImage, DataConfig, JpegPatchDataset, load_coded, sample_coded, split_files
+from otmlib.data import CodedImage, DataConfig, JpegPatchDataset, training_sets
 from otmlib.datasets import DataSource, download_bsds500, resolve_bsds500, sample_images
 from otmlib.imageio import list_images, load_image
 from otmlib.evaluate import Restorer
 from otmlib.metrics import psnr, psnr_b
 from otmlib import models
-from otmlib.models import Discriminator, GeneratorConfig
+from otmlib.models import GeneratorConfig
 from otmlib.losses import LossWeights
 from otmlib.restore import interval_share, texture_ratio
 from otmlib.train import TrainConfig, Trainer
@@ -127,20 +127,14 @@ def training_images(
 ) -> tuple[list[CodedImage], list[CodedImage], str]:
     """Coded training and validation images for a small training: ``(train, val, description)``.
 
-    Like :func:`otmlib.data.training_sets` (BSDS500 ``train`` + ``val``, never ``test``), but
-    only the first ``max_images`` training files are read, and ``val_holdout`` images validate.
-    The sample-photo fallback uses :func:`otmlib.data.sample_coded`.
+    :func:`otmlib.data.training_sets` (BSDS500 ``train`` + ``val``, never ``test``; the sample photos
+    when there is no BSDS500) for ``source``, with the first ``max_images`` training files and
+    ``val_holdout`` images to validate.
     """
-    cfg = DataConfig(quality=quality, patch=patch, val_holdout=val_holdout)
-    if source.is_samples:
-        train, val = sample_coded(cfg)
-        train = train[:max_images]
-        return train, val, f"{len(train)} scikit-image sample photos (BSDS500 not found), JPEG Q{quality}"
-    train_files, val_files = split_files(source.root, cfg.splits, cfg.val_holdout)
-    train, _ = load_coded(train_files[:max_images], cfg, progress=False)
-    val, _ = load_coded(val_files, cfg, progress=False)
-    desc = f"{len(train)} training images from {source.root}, {len(val)} for validation, JPEG Q{quality}"
-    return train, val, desc
+    cfg = DataConfig(data=None if source.is_samples else str(source.root), quality=quality, patch=patch,
+                     val_holdout=val_holdout)
+    sets = training_sets(cfg, progress=False, max_images=max_images)
+    return sets.train, sets.val, sets.description
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,32 +519,19 @@ def train_small(
     steps = int(steps)
     uses_d = mode == "one-to-many" and l2 > 0
     first_epoch = max(1, int(d_start * steps)) if uses_d else steps + 1
-    cfg = TrainConfig(
+    cfg = TrainConfig.student(
         mode=mode,
         gen=GeneratorConfig(width=width, branch_units=branch_units, agg_units=agg_units,
                             shift_and_average=shift_and_average, residual=residual),
         data=DataConfig(quality=quality, patch=patch, seed=seed),
-        weights=LossWeights(1.0, l2, l3),
-        backbone=backbone,
-        batch_size=batch_size,
-        steps=steps,
-        epoch_samples=first_epoch * batch_size,
-        lr=lr,
-        bf16=False,
-        log_every=max(1, steps // 40),
-        val_every=max(1, steps),
-        ckpt_every=10**9,
-        ckpt_minutes=1e9,
+        weights=LossWeights(1.0, l2, l3), backbone=backbone, d_width=d_width, batch_size=batch_size,
+        steps=steps, epoch_samples=first_epoch * batch_size, lr=lr, log_every=max(1, steps // 40),
+        val_every=max(1, steps), seed=seed, d_seed=seed + 1,
         out=str(out or (tmp := tempfile.TemporaryDirectory(prefix="otm-small-")).name),
-        seed=seed,
     )
     trainer = Trainer(cfg, train, val, callbacks, progress=progress)
     if out is None:
         trainer.tmpdir = tmp  # removed with the trainer (or at exit), not before: its log stays readable
-    if trainer.D is not None:
-        torch.manual_seed(seed + 1)
-        trainer.D = Discriminator(cfg.gen.channels, width=d_width).to(trainer.device)
-        trainer.optD = torch.optim.Adam(trainer.D.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2))
     trainer.fit(steps)
     if out is None:  # nobody resumes a throw-away run: keep the log, drop the checkpoint (MBs)
         trainer.ckpt_path.unlink(missing_ok=True)

@@ -73,6 +73,17 @@ class TrainConfig:
     seed: int = 0
     init: str | None = None  # start G from this run's last.pt or release file (fine-tuning); see init_from
     ema: float = 0.0  # decay of a moving average of G's weights (0: off); see Trainer.G_eval
+    d_seed: int | None = None  # D's initial weights from this seed (None: drawn after G's, from seed)
+
+    @classmethod
+    def student(cls, **changes: Any) -> TrainConfig:
+        """The toy scale of the teaching notebooks (02, 04): a width-16 G with 1 + 2 units, a width-16 D
+        (64 costs 6x the time there), 32x32 patches, batch 8, lr 2e-4, float32, efficientnet-lite0, a
+        log every 1/40 of the run and no checkpoint until the end; ``changes`` as in dataclasses.replace."""
+        base = cls(gen=GeneratorConfig(width=16, branch_units=1, agg_units=2), data=DataConfig(patch=32),
+                   backbone="efficientnet-lite0", d_width=16, batch_size=8, steps=300, lr=2e-4, bf16=False,
+                   ckpt_every=10**9, ckpt_minutes=1e9)
+        return dataclasses.replace(base, **changes)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -191,6 +202,10 @@ class Trainer:
         # the moving average of G (cfg.ema > 0), torch's AveragedModel; made when training starts, unless resumed
         self.G_avg: AveragedModel | None = None
         self.backbone_note = self.perceptual.describe() if self.perceptual else "none (per-pixel L2 baseline)"
+        if self.D is not None and cfg.d_seed is not None:  # last, so the global generator ends where D's draw did
+            torch.manual_seed(cfg.d_seed)
+            self.D = Discriminator(cfg.gen.channels, width=cfg.d_width).to(self.device)
+            self.optD = torch.optim.Adam(self.D.parameters(), lr=cfg.lr * cfg.gan.d_lr_ratio, betas=(cfg.beta1, cfg.beta2))
 
     # ---------------------------------------------------------------- checkpoints
     @property
