@@ -313,7 +313,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from otmlib.models import GeneratorConfig
-    from otmlib.zoo import read_metadata, shipped
+    from otmlib.zoo import read_release, shipped
 
     if args.cards:
         from otmlib.cards import write_cards
@@ -325,25 +325,21 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if not models:
         print("no shipped weights yet")
     for name, path in models.items():
-        m = read_metadata(path)
-        hours = float(m.get("wall_seconds", 0)) / 3600
-        cpu = m.get("cpu_hours", f"{hours:.2f}")
-        steps = m.get("steps_total", m["steps"])
-        print(f"{name}: {m['mode']} Q{m['quality']}, {steps} steps, {hours:.1f} h wall, {cpu} CPU-hours")
-        lineage = json.loads(m.get("lineage", "[]"))
-        for i, e in enumerate(lineage):  # oldest first; each entry's cpu_hours count its own parents too
+        m = read_release(path)
+        print(f"{name}: {m.mode} Q{m.quality}, {m.steps_total} steps, {m.wall_seconds / 3600:.1f} h wall, "
+              f"{m.cpu_hours:g} CPU-hours")
+        for i, e in enumerate(m.lineage):  # oldest first; each entry's cpu_hours count its own parents too
             how = "started from" if i == 0 else "then"
             changes = _network_changes(e)
             print(f"    {how} {e['mode']} Q{e['quality']}: {e['steps']} steps ({e['cpu_hours']:.2f} CPU-hours in all)"
                   + (f"{changes} for the next stage" if changes else ""))
-        if lineage:
-            print(f"    then {m['steps']} steps here")
-        print(f"    network: {GeneratorConfig(**json.loads(m['gen_config'])).describe()}")
-        if "weights" in m:  # files exported before the moving average existed are G at the last step
-            print(f"    weights: {m['weights']}")
-        print(f"    backbone: {m['backbone']}")
-        print(f"    data: {m['data']}")
-        print(f"    commit {m['git_commit']}, scores {m.get('scores', '{}')}")
+        if m.lineage:
+            print(f"    then {m.steps} steps here")
+        print(f"    network: {GeneratorConfig(**m.gen_config).describe()}")
+        print(f"    weights: {m.weights}")
+        print(f"    backbone: {m.backbone}")
+        print(f"    data: {m.data}")
+        print(f"    commit {m.git_commit}, scores {json.dumps(m.scores)}")
         print(f"    model card: docs/models/{name}.md (in the repository)")
     return 0
 
@@ -476,13 +472,13 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
     from otmlib.restore import restore_file
     from otmlib.utils import bf16_plan, default_device
-    from otmlib.zoo import load_generator, shipped
+    from otmlib.zoo import load_generator, read_release, shipped
 
-    G, meta = load_generator(args.model, default_device(), alpha=args.alpha)
+    G, _ = load_generator(args.model, default_device(), alpha=args.alpha)
     if args.bf16 and not bf16_plan(True, default_device())[0]:
         print(f"otm: --bf16 not used: {bf16_plan(True, default_device())[1]}", file=sys.stderr)
     model_name = Path(str(args.model)).stem + (f"_a{args.alpha:g}" if args.alpha is not None else "")
-    trained_q = int(meta["quality"])
+    trained_q = read_release(args.model).quality
     seeds = [args.seed + i for i in range(args.n)]
     if not G.cfg.noise and args.n > 1:
         print(f"otm: {model_name} is a baseline (one output per image); -n {args.n} ignored", file=sys.stderr)

@@ -165,17 +165,17 @@ def table2_rows(
     ``(quality, "JPEG" | "Baseline")``, ready for :func:`table2_frame`. A later model of the same
     quality replaces an earlier one.
     """
-    from otmlib.zoo import read_metadata, resolve
+    from otmlib.zoo import read_release
 
     ours: dict[tuple[int, str], dict] = {}
     cpu_hours: dict[tuple[int, str], float] = {}
     for q in qualities:
         ours[(q, "JPEG")] = evaluate(test_dir, q, "jpeg", limit=limit, progress=progress).summary()
     for name in models:
-        meta = read_metadata(resolve(name))
-        q = int(meta["quality"])
+        info = read_release(name)
+        q = info.quality
         ours[(q, "Baseline")] = evaluate(test_dir, q, model_restorer(name), limit=limit, progress=progress).summary()
-        cpu_hours[(q, "Baseline")] = float(meta["cpu_hours"])
+        cpu_hours[(q, "Baseline")] = info.cpu_hours
     return ours, cpu_hours
 
 

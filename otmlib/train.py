@@ -291,13 +291,13 @@ class Trainer:
         if self.step:
             raise ValueError(f"init_from({path}): this run is already at step {self.step}")
         if path.suffix == ".safetensors":
-            from otmlib.zoo import load_generator
+            from otmlib.zoo import load_generator, read_release
 
-            G, meta = load_generator(path)
-            gen, state = json.loads(meta["gen_config"]), G.state_dict()
-            step, wall, cpu = int(meta["steps"]), float(meta["wall_seconds"]), 3600 * float(meta["cpu_hours"])
-            mode, quality = meta["mode"], int(meta["quality"])
-            lineage = json.loads(meta.get("lineage", "[]"))
+            G, _ = load_generator(path)
+            info = read_release(path)
+            gen, state = info.gen_config, G.state_dict()
+            step, wall, cpu = info.steps, info.wall_seconds, 3600 * info.cpu_hours
+            mode, quality, lineage = info.mode, info.quality, info.lineage
         else:
             ck = load_checkpoint(path)
             if ck.get("format") != "otm-checkpoint-1":
