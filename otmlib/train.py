@@ -621,6 +621,45 @@ def read_log(log_path: str | Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUN_FOLDERS = ("checkpoints", "experiments")  # what ships or trains; comparisons kept as a record (config + log)
+
+
+def run_log(run: str, root: str | Path | None = None) -> Path | None:
+    """The ``log.jsonl`` of the run named ``run``: in ``checkpoints/`` (a shipped model's lineage, or a run
+    being trained) or ``experiments/`` (a comparison that did not ship), under the repository ``root``;
+    None when neither holds it (an installed package has no run folders)."""
+    root = Path(root) if root is not None else REPO_ROOT
+    return next((p for d in RUN_FOLDERS if (p := root / d / run / "log.jsonl").exists()), None)
+
+
+def validation_table(runs: dict[str, str], root: str | Path | None = None):
+    """Every validation record of each run (``label -> run name``, see :func:`run_log`) as a DataFrame:
+    label, step, PSNR, candidates' diversity over the L2 parent's RMSE, textured/flat, diversity, and
+    D's mean outputs over the 10 logged steps before each validation (one-to-many runs). Runs without a
+    log are left out."""
+    import pandas as pd
+
+    rows = []
+    for label, run in runs.items():
+        path = run_log(run, root)
+        if path is None:
+            continue
+        records = read_log(path)
+        for r in records:
+            if "val_psnr" not in r:
+                continue
+            d = [x for x in records if "d_real" in x and x["step"] <= r["step"]][-10:]
+            rows.append({"run": label, "step": r["step"], "PSNR": r["val_psnr"],
+                         "diversity / RMSE": r.get("val_div_over_rmse", float("nan")),
+                         "textured / flat": r.get("val_textured_flat", float("nan")),
+                         "diversity": r.get("val_div_all", float("nan")),
+                         "D(natural)": sum(x["d_real"] for x in d) / len(d) if d else float("nan"),
+                         "D(candidate)": sum(x["d_fake"] for x in d) / len(d) if d else float("nan")})
+    return pd.DataFrame(rows, columns=["run", "step", "PSNR", "diversity / RMSE", "textured / flat", "diversity",
+                                       "D(natural)", "D(candidate)"])
+
+
 def training_curve(log_path: str | Path):
     """Validation records of a run's log as a DataFrame: step, wall hours, CPU-hours, val PSNR/PSNR-B.
 

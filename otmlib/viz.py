@@ -180,3 +180,20 @@ def gan_health_figure(runs: dict[str, list[dict]]) -> Figure:
         if not steps:
             a.text(0.5, 0.5, "no diagnostics in this log", ha="center", transform=a.transAxes)
     return fig
+
+
+def recipe_figure(table) -> Figure:
+    """Validation diversity / RMSE, textured / flat and PSNR against the step, a line per run, with the one-to-many
+    issue's targets dotted; ``table`` is :func:`otmlib.train.validation_table`'s DataFrame."""
+    fig = Figure(figsize=(14, 3.4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for label, g in table.groupby("run", sort=False):
+        for ax, key in zip(axes, ("diversity / RMSE", "textured / flat", "PSNR")):
+            ax.plot(g["step"], g[key], "o-", label=label)
+    for ax, key, target in zip(axes, ("diversity / RMSE", "textured / flat", "PSNR"), (0.5, 3.0, None)):
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("step")
+        if target:
+            ax.axhline(target, color="gray", ls=":", label="target")
+    axes[0].legend(fontsize=8)
+    return fig

@@ -362,3 +362,17 @@ def test_warm_start_takes_the_runs_sigma_of_z(tmp_path):
     x = torch.rand(1, 1, 16, 16) * 255
     z1 = new.sample_noise(x, seed=5)
     assert float(z1.std()) == pytest.approx(3.0, rel=0.3)
+
+
+def test_recipe_figure_draws_a_line_per_run_and_the_targets():
+    import pandas as pd
+
+    from otmlib.viz import recipe_figure
+
+    t = pd.DataFrame({"run": ["a", "a", "b"], "step": [500, 1000, 500], "PSNR": [28.0, 27.5, 28.1],
+                      "diversity / RMSE": [0.2, 0.3, 0.6], "textured / flat": [1.2, 1.5, 3.1]})
+    fig = recipe_figure(t)
+    div, tf, ps = fig.axes
+    assert [ln.get_label() for ln in div.lines] == ["a", "b", "target"]
+    assert list(div.lines[0].get_ydata()) == [0.2, 0.3] and list(tf.lines[1].get_ydata()) == [3.1]
+    assert div.lines[2].get_ydata()[0] == 0.5 and tf.lines[2].get_ydata()[0] == 3.0 and len(ps.lines) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -462,3 +463,31 @@ def test_cosine_schedule_matches_torch_and_is_what_the_optimiser_used(images, tm
     assert logged == [t.lr_at(s) for s in range(4)]
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(lr_schedule="step")
+
+
+def test_run_log_and_validation_table_read_both_run_folders(tmp_path):
+    import json
+
+    from otmlib.train import run_log, validation_table
+
+    def write(folder, run, records):
+        d = tmp_path / folder / run
+        d.mkdir(parents=True)
+        (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    write("checkpoints", "shipped", [{"step": 0, "event": "start"}] +
+          [{"step": s, "d_real": 0.9, "d_fake": 0.1 * (s // 10)} for s in range(10, 130, 10)] +
+          [{"step": 120, "val_psnr": 27.0, "val_div_over_rmse": 0.7, "val_textured_flat": 3.2, "val_div_all": 6.0}])
+    write("experiments", "control", [{"step": 50, "val_psnr": 28.0}])
+    write("experiments", "shipped", [{"step": 1, "val_psnr": 1.0}])  # checkpoints/ wins over experiments/
+    assert run_log("shipped", tmp_path) == tmp_path / "checkpoints" / "shipped" / "log.jsonl"
+    assert run_log("control", tmp_path) == tmp_path / "experiments" / "control" / "log.jsonl"
+    assert run_log("missing", tmp_path) is None
+    t = validation_table({"ours": "shipped", "paper": "control", "gone": "missing"}, tmp_path)
+    assert list(t["run"]) == ["ours", "paper"]
+    ours = t.iloc[0]
+    assert ours["step"] == 120 and ours["PSNR"] == 27.0 and ours["textured / flat"] == 3.2
+    # D's outputs: the mean of the last 10 logged records up to the validation step (steps 30..120)
+    assert ours["D(natural)"] == pytest.approx(0.9)
+    assert ours["D(candidate)"] == pytest.approx(sum(0.1 * (s // 10) for s in range(30, 130, 10)) / 10)
+    assert math.isnan(t.iloc[1]["diversity / RMSE"]) and math.isnan(t.iloc[1]["D(natural)"])
