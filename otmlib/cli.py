@@ -120,6 +120,10 @@ def _evaluate_candidates(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from otmlib.evaluate import evaluate, model_restorer
 
+    if args.chroma and not args.colour:
+        raise ValueError("--chroma restores colour: pass --colour too")
+    if args.colour:
+        return _evaluate_colour(args)
     if args.n > 1:
         if args.model == "jpeg":
             raise ValueError("-n K measures the candidates of a one-to-many model: pass --model (e.g. one-to-many-q10)")
@@ -144,6 +148,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  PSNR-B {summary['psnrb']:.2f} dB")
         print(f"  block-edge ratio {summary['edge_ratio']:.2f} (squared step across 8x8 edges / inside; 1 = no blocking)")
     if report.failures:  # like `otm restore`: the means hold, but not over every image asked for
+        print(f"otm: {len(report.failures)} of {report.n + len(report.failures)} image(s) skipped (see above); "
+              f"the means are over the other {report.n}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _evaluate_colour(args: argparse.Namespace) -> int:
+    from otmlib.evaluate import colour_restorer, evaluate_colour
+
+    if args.n > 1 or args.alpha is not None:
+        raise ValueError("--colour scores one output per image of a baseline: -n and --alpha do not apply")
+    restorer = colour_restorer(None if args.model == "jpeg" else args.model, args.chroma)
+    report = evaluate_colour(args.data, args.quality, restorer, on_error=args.on_error, limit=args.limit,
+                             progress=not args.no_progress)
+    for f, why in report.failures:
+        print(f"otm: skipped {f}: {why}", file=sys.stderr)
+    if report.n == 0:
+        raise ImageError(args.data, "no readable images",
+                         "see the messages above" if report.failures else "check --data and --limit")
+    summary = report.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{report.model} on {report.data} at JPEG quality {report.quality} ({report.n} images, colour: RGB, 4:2:0):")
+        print(f"  PSNR   {summary['psnr']:.2f} dB")
+        print(f"  SSIM   {summary['ssim']:.4f}")
+        print(f"  PSNR-B {summary['psnrb']:.2f} dB")
+        print(f"  colour shift: mean {summary['colour_shift_mean']:.2f}, largest {summary['colour_shift_max']:.2f} "
+              "(|mean Cb or Cr of the output - the original's|, JFIF levels)")
+    if report.failures:
         print(f"otm: {len(report.failures)} of {report.n + len(report.failures)} image(s) skipped (see above); "
               f"the means are over the other {report.n}", file=sys.stderr)
         return 1
@@ -467,6 +501,21 @@ def _write_png(pixels, target: Path, force: bool) -> None:
             os.unlink(tmp)
 
 
+def _chroma_model(name: str | None, device):
+    """The chroma model ``--chroma`` names: None or "none" = keep the decoded Cb/Cr; "auto" = the shipped
+    colour model, if one ships (a shipped file of mode chroma), else none."""
+    from otmlib.zoo import load_chroma_model, read_release, shipped
+
+    if name in (None, "none"):
+        return None
+    if name == "auto":
+        found = [p for p in shipped().values() if read_release(p).mode == "chroma"]
+        if not found:
+            return None
+        name = str(found[0])
+    return load_chroma_model(name, device)
+
+
 def _cmd_restore(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -475,6 +524,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from otmlib.zoo import load_generator, read_release, shipped
 
     G, _ = load_generator(args.model, default_device(), alpha=args.alpha)
+    C = _chroma_model(args.chroma, default_device())
     if args.bf16 and not bf16_plan(True, default_device())[0]:
         print(f"otm: --bf16 not used: {bf16_plan(True, default_device())[1]}", file=sys.stderr)
     model_name = Path(str(args.model)).stem + (f"_a{args.alpha:g}" if args.alpha is not None else "")
@@ -496,7 +546,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             if clash and not args.force:
                 raise ValueError(f"{clash[0]} exists; pass --force to overwrite")
             res, notes = restore_file(G, f, seeds, quality=args.quality, consistent=not args.no_project,
-                                      tile=args.tile, bf16=args.bf16, max_pixels=args.max_pixels)
+                                      tile=args.tile, bf16=args.bf16, max_pixels=args.max_pixels, chroma=C)
             q_est = notes.get("quality_estimate")
             if q_est is not None and args.quality is not None and not quality_noted:
                 print(f"otm: note: --quality {args.quality} ignored for JPEG inputs such as {f}: a JPEG is "
@@ -560,6 +610,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, help="folder of ground-truth images (e.g. BSDS500/test)")
     e.add_argument("--quality", "-q", type=_quality, required=True, help="JPEG quality 1..100 (paper: 5, 10, 20)")
     e.add_argument("--model", default="jpeg", help="restorer: 'jpeg' = the decoded JPEG itself (default)")
+    e.add_argument("--colour", action="store_true",
+                   help="the colour protocol: RGB images coded 4:2:0 as Pillow does, scored on RGB (PSNR over every "
+                   "channel, mean SSIM, PSNR-B with the channels' mean BEF) and for colour shift; --model restores Y")
+    e.add_argument("--chroma", default=None, help="with --colour: a chroma model restoring Cb/Cr (default: keep them)")
     e.add_argument("--json", action="store_true", help="print one JSON object (n, psnr, ssim, psnrb, ...)")
     e.add_argument("--on-error", choices=("skip", "stop"), default="skip",
                    help="unreadable image: skip it, report it and exit 1 (default) or stop (exit 2)")
@@ -584,8 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
         "restore",
         help="restore JPEG files: K candidates each, written as PNG",
         description="Restore JPEG photos with a trained model. Writes OUTDIR/NAME_MODEL_seedS.png "
-        "(NAME_MODEL.png for a baseline). Colour JPEGs: the luminance is restored, chroma is kept "
-        "as decoded. Folders are processed whole (their own files, not subfolders); a bad file is "
+        "(NAME_MODEL.png for a baseline). Colour JPEGs: the luminance is restored by --model, the "
+        "chroma by --chroma (kept as decoded without a chroma model). Folders are processed whole (their own files, not subfolders); a bad file is "
         "reported and the rest go on (exit 1). Two inputs of the same name get NAME and NAME-2; an "
         "existing output is never replaced without --force, even one another restore just wrote.",
     )
@@ -599,6 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=_seed, default=0, help="first noise seed; candidates use seed, seed+1, ...")
     r.add_argument("--quality", type=_quality, help="for non-JPEG inputs: compress at this quality first "
                    "(JPEG inputs are restored as they are: a note says so)")
+    r.add_argument("--chroma", default="auto", help="colour inputs: a chroma model (restores Cb/Cr; 'auto' = the "
+                   "shipped one when one ships) or 'none' to keep the decoded chroma")
     r.add_argument("--force", action="store_true", help="overwrite existing outputs")
     r.add_argument("--no-project", action="store_true",
                    help="keep the network's raw output; by default each candidate's luminance is projected "
@@ -619,7 +675,8 @@ def build_parser() -> argparse.ArgumentParser:
         "every few minutes (atomically); --resume continues from there; the log is OUT/log.jsonl. "
         "Multi-GPU: torchrun --nproc_per_node=N -m otmlib.cli train ...",
     )
-    t.add_argument("mode", choices=("baseline", "one-to-many"), help="baseline: per-pixel L2 (Table 2)")
+    t.add_argument("mode", choices=("baseline", "one-to-many", "chroma"),
+                   help="baseline: per-pixel L2 (Table 2); chroma: Cb/Cr of colour JPEGs (needs data.colour)")
     t.add_argument("--config", help="YAML file of TrainConfig fields (e.g. configs/baseline-q10.yaml)")
     t.add_argument("--data", help="BSDS500 root or an image folder (default: ../shared, OTM_DATA, cache, samples)")
     t.add_argument("--quality", "-q", type=_quality, help="JPEG quality of the inputs (default 10)")

@@ -33,10 +33,15 @@ class DataConfig:
     quality: int = 10  # JPEG quality of the training inputs
     patch: int = 64  # patch side in pixels (multiple of 8); the paper's value is lost (reconstructed)
     colour: bool = False  # False: luminance Y (the paper's main setting); True: RGB
+    subsampling: str = "4:4:4"  # colour only: the chroma layout of the training JPEGs ("4:2:0": most real files)
     aligned_fraction: float = 0.5  # share of patches whose origin is on the 8x8 coding grid
     augment: bool = True  # random flips / transposes (the table is transposed with the patch)
     scales: tuple[float, ...] = (1.0,)  # each training image also at these sizes (resized, then coded)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.subsampling not in ("4:4:4", "4:2:0"):
+            raise ValueError(f"data.subsampling must be '4:4:4' or '4:2:0', got {self.subsampling!r}")
 
 
 @dataclass
@@ -49,15 +54,16 @@ class CodedImage:
     qtable: np.ndarray  # (C, 8, 8): luminance table for grey; (Y, Cb, Cr) tables for colour
 
 
-def code_image(name: str, img: np.ndarray, quality: int, colour: bool) -> CodedImage:
+def code_image(name: str, img: np.ndarray, quality: int, colour: bool, subsampling: str = "4:4:4") -> CodedImage:
     """Compress a whole image once at ``quality`` and keep both versions (the cache).
 
-    Grey: the MATLAB luminance as a grey JPEG, as the evaluation does. Colour: RGB with 4:4:4
-    chroma, so every channel keeps the 8x8 grid (4:2:0 would put chroma on a 16x16 one).
+    Grey: the MATLAB luminance as a grey JPEG, as the evaluation does. Colour: RGB, coded with
+    ``subsampling`` chroma: 4:4:4 keeps every channel on the 8x8 grid; 4:2:0 (what most cameras and
+    encoders write) codes Cb/Cr at half resolution, on a 16x16 grid of the image.
     """
     if colour:
         rgb = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
-        comp = jpeg.compress(rgb, quality, subsampling="4:4:4")
+        comp = jpeg.compress(rgb, quality, subsampling=subsampling)
         tables = np.stack([comp.quant_tables[0], comp.quant_tables[1], comp.quant_tables[1]])
         return CodedImage(name, rgb.transpose(2, 0, 1).copy(), comp.pixels.transpose(2, 0, 1).copy(), tables)
     y = jpeg.luminance(img)
@@ -212,7 +218,7 @@ def coded_versions(name: str, img: np.ndarray, cfg: DataConfig, scales: Sequence
     for s in scales:
         im = rescale(img, s)
         if min(im.shape[:2]) >= cfg.patch + 8:
-            out.append(code_image(name if s == 1 else f"{name}@{s:g}", im, cfg.quality, cfg.colour))
+            out.append(code_image(name if s == 1 else f"{name}@{s:g}", im, cfg.quality, cfg.colour, cfg.subsampling))
     return out
 
 
@@ -222,7 +228,7 @@ def sample_coded(cfg: DataConfig) -> tuple[list[CodedImage], list[CodedImage]]:
 
     images = [(n, a) for n, a in sample_images().items() if min(a.shape[:2]) >= cfg.patch + 8]
     train = [c for n, a in images[:-2] for c in coded_versions(n, a, cfg, cfg.scales)]
-    return train, [code_image(n, a, cfg.quality, cfg.colour) for n, a in images[-2:]]
+    return train, [code_image(n, a, cfg.quality, cfg.colour, cfg.subsampling) for n, a in images[-2:]]
 
 
 @dataclass
@@ -259,5 +265,5 @@ def training_sets(cfg: DataConfig, progress: bool = True, max_images: int | None
     val, vfails = load_coded(val_files, cfg, progress=False)  # validation: native size only
     sizes = "" if tuple(cfg.scales) == (1.0,) else f" (with resized copies at scales {', '.join(f'{s:g}' for s in cfg.scales)})"
     desc = (f"{source.root} ({source.kind}): {len(train)} training images{sizes} from {'+'.join(cfg.splits)}, "
-            f"{len(val)} held out for validation, JPEG Q{cfg.quality}, {'RGB' if cfg.colour else 'Y'}")
+            f"{len(val)} held out for validation, JPEG Q{cfg.quality}, {f'RGB {cfg.subsampling}' if cfg.colour else 'Y'}")
     return TrainingSets(train, val, desc, h.hexdigest(), fails + vfails)

@@ -369,3 +369,48 @@ def matlab_y_to_jfif(y: np.ndarray) -> np.ndarray:
 def jfif_y_to_matlab(y: np.ndarray) -> np.ndarray:
     """Inverse of :func:`matlab_y_to_jfif`."""
     return 16.0 + np.asarray(y, dtype=np.float64) * 219.0 / 255.0
+
+
+# --------------------------------------------------------------------------------------------
+# Colour as a JPEG file holds it: JFIF YCbCr (full range, ITU-R BT.601 weights), Cb/Cr centred on 128
+# --------------------------------------------------------------------------------------------
+
+_RGB2JFIF = np.array([
+    [0.299, 0.587, 0.114],
+    [-0.168735892, -0.331264108, 0.5],
+    [0.5, -0.418687589, -0.081312411],
+])
+_JFIF_OFFSET = np.array([0.0, 128.0, 128.0])
+
+
+def rgb_to_jfif(rgb):
+    """RGB in [0, 255] -> JFIF YCbCr, the colour space a JPEG file codes (what libjpeg's encoder computes,
+    before its fixed-point rounding). ``rgb`` is (..., 3) numpy (float64 out) or (N, 3, H, W) torch (same dtype out)."""
+    if isinstance(rgb, torch.Tensor):
+        m = torch.as_tensor(_RGB2JFIF, dtype=rgb.dtype, device=rgb.device)
+        off = torch.as_tensor(_JFIF_OFFSET, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+        if rgb.ndim != 4 or rgb.shape[1] != 3:
+            raise ValueError(f"rgb_to_jfif expects (N, 3, H, W) tensors, got {tuple(rgb.shape)}")
+        return torch.einsum("oc,nchw->nohw", m, rgb) + off
+    rgb = np.asarray(rgb, dtype=np.float64)
+    if rgb.shape[-1] != 3:
+        raise ValueError(f"rgb_to_jfif expects a last axis of 3, got shape {rgb.shape}")
+    return (rgb.reshape(-1, 3) @ _RGB2JFIF.T + _JFIF_OFFSET).reshape(rgb.shape)
+
+
+def jfif_to_rgb(ycc):
+    """Inverse of :func:`rgb_to_jfif` (unclipped, unrounded): numpy (..., 3) or torch (N, 3, H, W)."""
+    inv = np.linalg.inv(_RGB2JFIF)
+    if isinstance(ycc, torch.Tensor):
+        m = torch.as_tensor(inv, dtype=ycc.dtype, device=ycc.device)
+        off = torch.as_tensor(_JFIF_OFFSET, dtype=ycc.dtype, device=ycc.device).view(1, 3, 1, 1)
+        if ycc.ndim != 4 or ycc.shape[1] != 3:
+            raise ValueError(f"jfif_to_rgb expects (N, 3, H, W) tensors, got {tuple(ycc.shape)}")
+        return torch.einsum("oc,nchw->nohw", m, ycc - off)
+    ycc = np.asarray(ycc, dtype=np.float64)
+    return ((ycc.reshape(-1, 3) - _JFIF_OFFSET) @ inv.T).reshape(ycc.shape)
+
+
+def jfif_chroma_to_matlab(c: np.ndarray) -> np.ndarray:
+    """JFIF Cb or Cr (full range around 128) -> MATLAB's studio-range Cb or Cr of the same RGB (224/255 scale)."""
+    return 128.0 + (np.asarray(c, dtype=np.float64) - 128.0) * 224.0 / 255.0

@@ -508,7 +508,8 @@ def restore_tiled(
         raise ValueError(f"need 0 <= overlap <= tile / 2, got tile={tile}, overlap={overlap}")
     if model.training:
         warnings.warn("restore_tiled on a model in training mode: BatchNorm will use per-tile statistics")
-    align = math.lcm(JPEG_BLOCK, cfg.stride)
+    # colour: 16, the chroma block of a 4:2:0 file (8 chroma pixels at half resolution)
+    align = math.lcm(JPEG_BLOCK * (2 if cfg.channels == 3 else 1), cfg.stride)
     if tile < 2 * align:
         raise ValueError(f"tile must be at least {2 * align} pixels, got {tile}")
     if cfg.noise and z is None:

@@ -3,7 +3,7 @@
 Colour (paper Sec. 4.3) with a luminance model: the image is split into MATLAB YCbCr, Y is
 restored by the model, and Cb/Cr are kept as the JPEG decoder upsampled them. Chroma blocking
 and colour bleeding therefore remain; they are far less visible than luminance artifacts at the
-same quality, but this is a luminance restoration, not the paper's RGB model.
+same quality. A chroma model (``mode: chroma``, :func:`restore_chroma`) restores Cb/Cr too.
 """
 
 from __future__ import annotations
@@ -133,10 +133,12 @@ def restore_image(
     tile: int = 512,
     bf16: bool = False,
     consistency: Consistency | None = None,
+    chroma: Generator | None = None,
 ) -> Restored:
     """Restore a decoded JPEG (grey (H, W) or RGB (H, W, 3) uint8) with a luminance model.
 
-    Colour images: see the module docstring (Y restored, chroma kept). With ``consistency``
+    Colour images: Y restored by ``G``; Cb/Cr kept as decoded (see the module docstring) or, with a
+    ``chroma`` model, restored by it (the same for every candidate). With ``consistency``
     (from the file itself), each candidate's luminance is projected into the file's own
     quantisation intervals, so it is a plausible original of exactly that file.
     """
@@ -147,12 +149,13 @@ def restore_image(
     # a grey JPEG's pixels are its JFIF Y; the model works on MATLAB-range Y like its training data
     y_in = img if grey else np.concatenate([jpeg.luminance(img[r]) for r in _strips(img.shape[0], COLOUR_STRIP_ROWS)])
     ys = restore_luma(G, y_in, seeds, tile=tile, bf16=bf16)
+    cbcr = restore_chroma(chroma, img, tile=tile, bf16=bf16) if chroma is not None and not grey else None
     outs = []
     for y in ys:
         y = y.astype(np.float64)
         if consistency is not None:
             y = consistency.project_jfif(y) if grey else consistency.project(y)
-        outs.append(jpeg.to_uint8(y) if grey else _with_luma(img, y))
+        outs.append(jpeg.to_uint8(y) if grey else _with_luma(img, y, cbcr=cbcr))
     return Restored(outs, seeds if G.cfg.noise else [None])
 
 
@@ -160,8 +163,10 @@ def _strips(height: int, rows: int) -> list[slice]:
     return [slice(r, min(r + rows, height)) for r in range(0, height, rows)]
 
 
-def _with_luma(rgb: np.ndarray, y: np.ndarray, rows: int = COLOUR_STRIP_ROWS) -> np.ndarray:
-    """``rgb`` (uint8) with its MATLAB Y replaced by ``y`` and Cb/Cr kept, rounded to uint8.
+def _with_luma(rgb: np.ndarray, y: np.ndarray | None, rows: int = COLOUR_STRIP_ROWS,
+               cbcr: np.ndarray | None = None) -> np.ndarray:
+    """``rgb`` (uint8) with its MATLAB Y replaced by ``y`` (None: kept) and its Cb/Cr kept or, with ``cbcr``
+    ((2, H, W) JFIF Cb and Cr, e.g. from :func:`restore_chroma`), replaced; rounded to uint8.
 
     Pixel by pixel, so it runs in strips of rows: a 12 MP photo's float64 YCbCr copies would take
     about 1 GB (and seconds of fresh-page faults), a strip's a few MB. Same bits as the whole image at once.
@@ -169,9 +174,36 @@ def _with_luma(rgb: np.ndarray, y: np.ndarray, rows: int = COLOUR_STRIP_ROWS) ->
     out = np.empty_like(rgb)
     for r in _strips(rgb.shape[0], rows):
         ycc = jpeg.rgb_to_ycbcr(rgb[r])
-        ycc[..., 0] = y[r]
+        if y is not None:
+            ycc[..., 0] = y[r]
+        if cbcr is not None:  # JFIF and MATLAB chroma of one RGB differ by an exact linear map
+            ycc[..., 1] = jpeg.jfif_chroma_to_matlab(cbcr[0, r])
+            ycc[..., 2] = jpeg.jfif_chroma_to_matlab(cbcr[1, r])
         out[r] = jpeg.to_uint8(jpeg.ycbcr_to_rgb(ycc))
     return out
+
+
+def restore_chroma(G: Generator, rgb: np.ndarray, *, tile: int = 512, bf16: bool = False) -> np.ndarray:
+    """A colour model's Cb and Cr (JFIF, float32 (2, H, W)) for a decoded RGB JPEG (H, W, 3) uint8.
+
+    G (``mode: chroma``, 3 channels) sees the image as the JPEG file codes it, JFIF YCbCr; its Y output is
+    not used (the luminance models restore Y). Tiled like the luminance models, channels-last on CPU.
+    """
+    if G.cfg.channels != 3 or G.cfg.noise:
+        raise ValueError("restore_chroma expects a colour (3-channel) baseline model, e.g. a chroma-q10 file")
+    device = next(G.parameters()).device
+    x = torch.from_numpy(jpeg.rgb_to_jfif(rgb).astype(np.float32).transpose(2, 0, 1)[None]).to(device)
+    bf16 = bf16_plan(bf16, device)[0]
+    given = _memory_format(G)
+    if bf16 or device.type == "cpu":
+        G.to(memory_format=torch.channels_last)
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = restore_tiled(G, x, tile=tile)
+        _refuse_non_finite(out)
+    finally:
+        G.to(memory_format=given)
+    return out[0, 1:].float().cpu().numpy()
 
 
 def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
@@ -195,10 +227,12 @@ def restore_file(
     tile: int = 512,
     bf16: bool = False,
     max_pixels: int = 100_000_000,
+    chroma: Generator | None = None,
 ) -> tuple[Restored, dict]:
     """Restore one file: a JPEG as it is (its own tables for consistency; EXIF orientation applied
     to the outputs), or any other image compressed first at ``quality``. Returns the candidates and
-    a dict of notes (``quality_estimate``, ``orientation``, ``consistent``)."""
+    a dict of notes (``quality_estimate``, ``orientation``, ``consistent``). ``chroma``: a chroma model
+    for colour inputs (see :func:`restore_image`)."""
     from pathlib import Path
 
     from PIL import Image
@@ -226,7 +260,7 @@ def restore_file(
         if consistent:
             cons = Consistency.from_bytes(data)
     notes["consistent"] = cons is not None
-    res = restore_image(G, img, seeds, tile=tile, bf16=bf16, consistency=cons)
+    res = restore_image(G, img, seeds, tile=tile, bf16=bf16, consistency=cons, chroma=chroma)
     res.candidates = [apply_orientation(c, notes["orientation"]) for c in res.candidates]
     return res, notes
 

@@ -1,6 +1,7 @@
 """One optimiser step of each training mode, called by :class:`otmlib.train.Trainer`'s loop.
 
 - :func:`l2_step`: the per-pixel L2 baseline of Table 2.
+- :func:`chroma_step`: the colour baseline's Cb/Cr restoration (issue 18).
 - :class:`GanStep`: the one-to-many step of Sec. 3.4 (1. fix G, update D with eq. 3; 2. fix D, update G
   with eq. 7), with the switches of :class:`GanConfig` that make ``z`` matter and balance D, and the
   diagnostics that tell a healthy GAN from a collapsed one (logged every ``log_every`` steps).
@@ -90,6 +91,26 @@ def l2_step(trainer: Trainer, x: Tensor, xj: Tensor) -> dict[str, float]:
     if trainer.G_avg is not None:
         trainer.G_avg.update_parameters(trainer.G)
     return {"l2": loss.item(), "psnr_batch": 10 * math.log10(255**2 / max(loss.item(), 1e-10))}
+
+
+def chroma_step(trainer: Trainer, x: Tensor, xj: Tensor) -> dict[str, float]:
+    """The colour baseline's step (issue 18): G sees the decoded JPEG as JFIF YCbCr, the space the file codes
+    (Y, sharp, guides; Cb/Cr carry the artifacts of their coarser table and, in 4:2:0 files, half resolution)
+    and is scored by the per-pixel MSE of its Cb and Cr against the original's. Its Y output is not used:
+    the luminance models restore Y."""
+    ycc_x, ycc_j = jpeg.rgb_to_jfif(x), jpeg.rgb_to_jfif(xj)
+    if trainer.cfg.channels_last:
+        ycc_j = ycc_j.contiguous(memory_format=torch.channels_last)
+    with trainer._autocast():
+        y = trainer.G_ddp(ycc_j)
+    loss = F.mse_loss(y.float()[:, 1:], ycc_x[:, 1:])
+    trainer._check({"l2_chroma": loss})
+    trainer.optG.zero_grad(set_to_none=True)
+    loss.backward()
+    trainer.optG.step()
+    if trainer.G_avg is not None:
+        trainer.G_avg.update_parameters(trainer.G)
+    return {"l2_chroma": loss.item(), "psnr_chroma_batch": 10 * math.log10(255**2 / max(loss.item(), 1e-10))}
 
 
 def r1_penalty(real_logits: Tensor, x: Tensor, gamma: float) -> Tensor:

@@ -37,10 +37,10 @@ from otmlib.losses import LossWeights, PerceptualLoss
 from otmlib.metrics import psnr, psnr_b
 from otmlib.models import (Discriminator, Generator, GeneratorConfig, add_noise_branch, fold_shift_and_average,
                            grow_aggregation, widen_units)
-from otmlib.steps import GanConfig, GanStep, l2_step
+from otmlib.steps import GanConfig, GanStep, chroma_step, l2_step
 from otmlib.utils import bf16_plan, cpu_description, default_device, to_uint8_image
 
-MODES = ("baseline", "one-to-many")
+MODES = ("baseline", "one-to-many", "chroma")  # chroma: Cb/Cr of colour JPEGs (issue 18)
 
 
 @dataclass
@@ -90,6 +90,8 @@ class TrainConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.mode == "chroma" and not self.data.colour:
+            raise ValueError("mode chroma restores the Cb/Cr of colour JPEGs: set data.colour: true")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema is a decay in [0, 1) (0 turns the average off), got {self.ema}")
         # a copy: a GeneratorConfig shared with another TrainConfig must not change under it
@@ -435,6 +437,8 @@ class Trainer:
             x, xj = x.contiguous(memory_format=torch.channels_last), xj.contiguous(memory_format=torch.channels_last)
         if cfg.mode == "baseline":
             return l2_step(self, x, xj)
+        if cfg.mode == "chroma":
+            return chroma_step(self, x, xj)
         if cfg.gan.spread and self.G_ref is None:
             raise ValueError("gan.spread needs the L2 parent: start the run with init: a baseline (see init_from)")
         q = batch["q"].to(self.device)
@@ -474,6 +478,8 @@ class Trainer:
 
         if not self.val_images:
             return {}
+        if self.cfg.mode == "chroma":
+            return self._validate_chroma()
         G = self.G_eval
         G.eval()
         ps, pbs, pj = [], [], []
@@ -510,6 +516,26 @@ class Trainer:
             if "val_div_all" in rec:
                 rec["val_div_over_rmse"] = rec["val_div_all"] / rec["val_ref_rmse"]
         return rec
+
+    def _validate_chroma(self) -> dict[str, float]:
+        """A chroma model on the held-out colour JPEGs: RGB PSNR / PSNR-B (:func:`otmlib.metrics.rgb_metrics`)
+        with its Cb/Cr and the decoded Y, against the JPEG's RGB PSNR."""
+        from otmlib.metrics import rgb_metrics
+        from otmlib.restore import _with_luma, restore_chroma
+
+        G = self.G_eval
+        G.eval()
+        ps, pbs, pj = [], [], []
+        for im in self.val_images:
+            gt, dec = im.gt.transpose(1, 2, 0), im.coded.transpose(1, 2, 0)
+            with torch.no_grad():
+                out = _with_luma(dec, None, cbcr=restore_chroma(G, dec))
+            m = rgb_metrics(gt, out)
+            ps.append(m["psnr"])
+            pbs.append(m["psnrb"])
+            pj.append(rgb_metrics(gt, dec)["psnr"])
+        G.train()
+        return {"val_psnr": float(np.mean(ps)), "val_psnrb": float(np.mean(pbs)), "val_psnr_jpeg": float(np.mean(pj))}
 
     # ---------------------------------------------------------------- the loop
     def fit(self, steps: int | None = None) -> list[dict]:

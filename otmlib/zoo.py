@@ -221,3 +221,12 @@ def load_l2_parent(name_or_path: str | Path, device: torch.device | str = "cpu")
     """The L2 baseline a one-to-many release file was warm-started from (eval mode), or None if it carries none."""
     parent = _read_state(resolve(name_or_path))[2]
     return parent.to(device).eval() if parent is not None else None
+
+
+def load_chroma_model(name_or_path: str | Path, device=None) -> Generator:
+    """A chroma model (``mode: chroma``: a 3-channel baseline restoring Cb/Cr of colour JPEGs), in eval mode;
+    a one-line ValueError naming the file for any other model."""
+    G, _ = load_generator(name_or_path, device)
+    if G.cfg.channels != 3 or G.cfg.noise:
+        raise ValueError(f"{name_or_path}: not a chroma model (a 3-channel baseline trained with mode: chroma)")
+    return G.eval()

@@ -1,0 +1,168 @@
+"""Colour (issue 18): JFIF YCbCr, 4:2:0 training pairs, the chroma model's step and restoration, the colour
+protocol (RGB metrics and colour shift), each against an independent reference or a hand case."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from otmlib import jpeg
+from otmlib.data import DataConfig, JpegPatchDataset, code_image
+from otmlib.metrics import blocking_effect_factor, rgb_metrics
+from otmlib.models import Generator, GeneratorConfig
+from otmlib.train import TrainConfig, Trainer
+
+CHROMA_GEN = GeneratorConfig(width=8, branch_units=1, agg_units=1, noise=False)
+
+
+def _rgb(seed: int = 0, shape=(48, 64, 3)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8)
+
+
+def test_jfif_matches_pillows_conversion_and_inverts():
+    rgb = _rgb()
+    ours = jpeg.rgb_to_jfif(rgb)
+    pillow = np.asarray(Image.fromarray(rgb).convert("YCbCr")).astype(np.float64)
+    assert np.abs(ours - pillow).max() <= 1.0  # Pillow converts in fixed point and truncates
+    assert np.abs(ours - pillow).mean() < 0.6
+    np.testing.assert_allclose(jpeg.jfif_to_rgb(ours), rgb, atol=1e-9)
+    t = torch.from_numpy(rgb.astype(np.float64).transpose(2, 0, 1)[None])
+    np.testing.assert_allclose(jpeg.rgb_to_jfif(t)[0].numpy().transpose(1, 2, 0), ours, atol=1e-9)
+    np.testing.assert_allclose(jpeg.jfif_to_rgb(jpeg.rgb_to_jfif(t)).numpy(), t.numpy(), atol=1e-9)
+    # MATLAB's studio-range YCbCr of the same RGB: Y and chroma through the exact linear maps
+    m = jpeg.rgb_to_ycbcr(rgb)
+    np.testing.assert_allclose(jpeg.jfif_y_to_matlab(ours[..., 0]), m[..., 0], atol=1e-9)
+    for c in (1, 2):  # MATLAB's coefficients are printed to 3 decimals
+        np.testing.assert_allclose(jpeg.jfif_chroma_to_matlab(ours[..., c]), m[..., c], atol=2e-4)
+
+
+def test_rgb_metrics_against_scikit_image_and_by_hand():
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    ref = _rgb(1)
+    out = np.clip(ref.astype(int) + np.random.default_rng(2).integers(-9, 10, ref.shape), 0, 255).astype(np.uint8)
+    m = rgb_metrics(ref, out)
+    assert m["psnr"] == pytest.approx(peak_signal_noise_ratio(ref, out, data_range=255))
+    ssim = structural_similarity(ref.astype(float), out.astype(float), data_range=255, channel_axis=2,
+                                 gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    assert m["ssim"] == pytest.approx(ssim)
+    mse = np.mean((ref.astype(float) - out) ** 2)
+    bef = np.mean([blocking_effect_factor(out[..., c].astype(float)) for c in range(3)])
+    assert m["psnrb"] == pytest.approx(10 * math.log10(255**2 / (mse + bef)))
+    assert rgb_metrics(ref, ref)["psnr"] == math.inf
+    with pytest.raises(ValueError, match="H, W, 3"):
+        rgb_metrics(ref[..., 0], out[..., 0])
+
+
+def test_420_training_pairs_code_chroma_at_half_resolution(chelsea):
+    im420 = code_image("c", chelsea, 10, True, "4:2:0")
+    assert im420.gt.shape == (3, 300, 451) and np.array_equal(im420.gt, chelsea.transpose(2, 0, 1))
+    np.testing.assert_array_equal(im420.qtable[1], jpeg.ijg_table(10, chroma=True))
+    np.testing.assert_array_equal(im420.coded.transpose(1, 2, 0), jpeg.compress(chelsea, 10, "4:2:0").pixels)
+    # the file those pixels came from says 4:2:0 (Pillow reads the layout from the file's own header)
+    info = jpeg.read_jpeg_info(__import__("io").BytesIO(jpeg.encode(chelsea, 10, "4:2:0")))
+    assert info.subsampling == "4:2:0" and info.components == 3
+    with pytest.raises(ValueError, match="subsampling"):
+        DataConfig(colour=True, subsampling="4:2:2")
+    s = JpegPatchDataset([im420], DataConfig(patch=32, colour=True, subsampling="4:2:0"))[0]
+    assert s["x"].shape == s["jpeg"].shape == (3, 32, 32)
+
+
+def test_chroma_mode_needs_colour_data():
+    with pytest.raises(ValueError, match="data.colour"):
+        TrainConfig(mode="chroma")
+    cfg = TrainConfig(mode="chroma", data=DataConfig(colour=True, subsampling="4:2:0"))
+    assert cfg.gen.channels == 3 and not cfg.gen.noise
+
+
+def test_chroma_step_learns_cb_cr_only_and_validates_on_rgb(chelsea, tmp_path):
+    from skimage import data
+
+    train = [code_image("a", data.astronaut()[:160, :160], 10, True, "4:2:0"),
+             code_image("c", data.coffee()[:160, :160], 10, True, "4:2:0")]
+    val = [code_image("v", chelsea[:96, :128], 10, True, "4:2:0")]
+    cfg = TrainConfig(mode="chroma", gen=CHROMA_GEN, data=DataConfig(patch=32, colour=True, subsampling="4:2:0"),
+                      batch_size=4, steps=2, bf16=False, log_every=1, val_every=2, lr=1e-3, out=str(tmp_path / "c"))
+    t = Trainer(cfg, train, val, progress=False)
+    t.fit(1)
+    assert any("l2_chroma" in r for r in t.read_log())
+    # the loss reaches the Cb and Cr outputs only: the deconvolution's Y filters get no gradient
+    t.G.zero_grad()
+    x = torch.rand(2, 3, 32, 32) * 255
+    from otmlib.steps import chroma_step
+    chroma_step(t, x, x.clone())
+    g = t.G.deconv.weight.grad.abs().sum(dim=(0, 2, 3))  # (in, out=3, k, k) -> per output channel
+    assert g[0] == 0 and g[1] > 0 and g[2] > 0
+    t.fit(2)
+    v = [r for r in t.read_log() if "val_psnr" in r][-1]
+    assert v["val_psnr"] > 20 and v["val_psnr_jpeg"] == pytest.approx(rgb_metrics(
+        val[0].gt.transpose(1, 2, 0), val[0].coded.transpose(1, 2, 0))["psnr"])
+
+
+def _identity_chroma() -> Generator:
+    """A chroma G whose residual is zero (deconvolution zeroed): it returns its input, Cb/Cr as decoded."""
+    import dataclasses
+
+    G = Generator(dataclasses.replace(CHROMA_GEN, channels=3)).eval()
+    with torch.no_grad():
+        G.deconv.weight.zero_()
+        G.deconv.bias.zero_()
+    return G
+
+
+def test_restore_chroma_with_a_zero_residual_keeps_the_decoded_colours(chelsea):
+    from otmlib.restore import _with_luma, restore_chroma
+
+    G = _identity_chroma()
+    comp = jpeg.compress(chelsea, 10, "4:2:0")
+    x = torch.from_numpy(jpeg.rgb_to_jfif(comp.pixels).astype(np.float32).transpose(2, 0, 1)[None])
+    with torch.no_grad():
+        assert torch.allclose(G(x), x, atol=1e-3), "the zeroed G is not the identity"
+    cbcr = restore_chroma(G, comp.pixels)
+    ycc = jpeg.rgb_to_jfif(comp.pixels)
+    np.testing.assert_allclose(cbcr[0], ycc[..., 1], atol=2e-3)
+    out = _with_luma(comp.pixels, None, cbcr=cbcr)
+    assert np.abs(out.astype(int) - comp.pixels).max() <= 1
+    with pytest.raises(ValueError, match="colour"):
+        restore_chroma(Generator(GeneratorConfig(width=8, branch_units=1, agg_units=1, noise=False)), comp.pixels)
+
+
+def test_colour_protocol_scores_the_jpeg_and_measures_colour_shift(chelsea, tmp_path):
+    from otmlib.evaluate import evaluate_colour, score_colour_image
+
+    Image.fromarray(chelsea).save(tmp_path / "c.png")
+    Image.fromarray(chelsea[:, :, 0]).save(tmp_path / "g.png")  # grey: scored as R = G = B
+    rep = evaluate_colour(tmp_path, 10, progress=False)
+    assert rep.n == 2 and rep.protocol == "colour"
+    comp = jpeg.compress(chelsea, 10, "4:2:0")
+    assert rep.scores[0].psnr == pytest.approx(rgb_metrics(chelsea, comp.pixels)["psnr"])
+    a, b = jpeg.rgb_to_jfif(comp.pixels), jpeg.rgb_to_jfif(chelsea)
+    assert rep.scores[0].colour_shift == pytest.approx(max(abs(a[..., c].mean() - b[..., c].mean()) for c in (1, 2)))
+    s = rep.summary()
+    assert s["colour_shift_max"] >= s["colour_shift_mean"] > 0
+    # a restorer that answers the original with Cr raised by 3 levels, on a photo kept away from 0 and 255 (no
+    # clipping): in RGB that is R +1.402 * 3 = 4.21 and G -0.714 * 3 = -2.14, which rounding to 8 bits makes
+    # exactly +4 and -2 at every pixel, so the shift measured is 0.5 * 4 + 0.418688 * 2 = 2.8374 levels of Cr
+    muted = (chelsea // 2 + 64).astype(np.uint8)
+    def redder(rgb):
+        ycc = jpeg.rgb_to_jfif(muted)
+        ycc[..., 2] += 3
+        return jpeg.to_uint8(jpeg.jfif_to_rgb(ycc))
+    assert score_colour_image(muted, 10, redder)["colour_shift"] == pytest.approx(0.5 * 4 + 0.418688 * 2, abs=1e-4)
+
+
+def test_cli_colour_evaluation_and_chroma_checks(chelsea, tmp_path, capsys):
+    from otmlib.cli import main
+
+    Image.fromarray(chelsea).save(tmp_path / "c.png")
+    assert main(["evaluate", "--colour", "--data", str(tmp_path), "-q", "10", "--no-progress"]) == 0
+    assert "colour: RGB, 4:2:0" in capsys.readouterr().out
+    assert main(["evaluate", "--chroma", "x", "--data", str(tmp_path), "-q", "10"]) == 2
+    assert "--colour" in capsys.readouterr().err
+    assert main(["evaluate", "--colour", "--chroma", "baseline-q10", "--data", str(tmp_path), "-q", "10",
+                 "--no-progress"]) == 2
+    assert "not a chroma model" in capsys.readouterr().err
