@@ -42,7 +42,6 @@ __all__ = [
     "discriminator_loss",
     "jpeg_loss",
     "LossWeights",
-    "combined_generator_loss",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -356,12 +355,3 @@ class LossWeights:
     l1: float = 1.0  # perceptual loss (paper)
     l2: float = 0.1  # naturalness loss (reconstructed)
     l3: float = 0.1  # JPEG loss (reconstructed)
-
-
-def combined_generator_loss(lp: Tensor, ln: Tensor | None, lj: Tensor, weights: LossWeights) -> Tensor:
-    r"""Joint loss of the generator, eq. (7): :math:`L = l_1 L_p + l_2 L_n + l_3 L_j`.
-
-    ``ln=None`` for the first epoch, in which D is neither trained nor used (Sec. 3.4).
-    """
-    total = weights.l1 * lp + weights.l3 * lj
-    return total if ln is None else total + weights.l2 * ln
