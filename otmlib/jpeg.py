@@ -414,3 +414,31 @@ def jfif_to_rgb(ycc):
 def jfif_chroma_to_matlab(c: np.ndarray) -> np.ndarray:
     """JFIF Cb or Cr (full range around 128) -> MATLAB's studio-range Cb or Cr of the same RGB (224/255 scale)."""
     return 128.0 + (np.asarray(c, dtype=np.float64) - 128.0) * 224.0 / 255.0
+
+
+def chroma_means(c: Tensor, factor: int = 2) -> Tensor:
+    """A full-resolution chroma plane (..., H, W) as a ``factor``-subsampled file codes it: the means of its
+    complete ``factor`` x ``factor`` cells, (..., H // factor, W // factor) (libjpeg's h2v2 downsampling
+    without its alternating 1/4-level rounding bias). ``factor`` 1 returns ``c``."""
+    if factor == 1:
+        return c
+    h, w = c.shape[-2:]
+    c = c[..., : h - h % factor, : w - w % factor]
+    return c.reshape(*c.shape[:-2], h // factor, factor, w // factor, factor).mean(dim=(-3, -1))
+
+
+def project_chroma(c: Tensor, k: Tensor, q: Tensor | np.ndarray, factor: int = 2, margin: float = 0.0) -> Tensor:
+    """The nearest full-resolution chroma plane (in L2) whose ``factor``-subsampled version (:func:`chroma_means`)
+    has every complete 8x8 block inside the intervals of ``k``, ``q`` (eq. 5 on the plane the file codes).
+
+    The means are projected (:func:`project_to_intervals`) and each cell moves by its mean's correction, the
+    same for its ``factor**2`` pixels: the smallest change that gives a cell a new mean, so the detail inside
+    a cell is kept. ``k``: the file's indices of this component, (N, 1, Hb, Wb, 8, 8) for the complete blocks.
+    """
+    half = chroma_means(c, factor)
+    corr = project_to_intervals(half, k, q, margin) - half
+    if factor > 1:
+        corr = corr.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+    out = c.clone()
+    out[..., : corr.shape[-2], : corr.shape[-1]] += corr
+    return out

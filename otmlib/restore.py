@@ -87,6 +87,10 @@ class Consistency:
 
     k: torch.Tensor  # (1, 1, Hb, Wb, 8, 8) quantised luminance indices of the complete blocks
     qtable: np.ndarray  # the file's luminance quantisation table, 8x8
+    # colour files in 4:2:0 or 4:4:4: the Cb and Cr indices of their complete blocks, their table, the factor
+    kc: tuple[torch.Tensor, torch.Tensor] | None = None
+    cqtable: np.ndarray | None = None
+    chroma_factor: int = 0  # 2 (4:2:0) or 1 (4:4:4); 0: no chroma constraint (grey, or another layout)
 
     @classmethod
     def from_file(cls, path) -> Consistency:
@@ -97,11 +101,24 @@ class Consistency:
         try:
             dct = jpeglib.read_dct(str(path))
             k, qt = np.asarray(dct.Y), np.asarray(dct.qt[0])
+            chroma = dct.Cb is not None and dct.Cr is not None
+            if chroma:
+                cb, cr = np.asarray(dct.Cb), np.asarray(dct.Cr)
+                ctab = np.asarray(dct.qt[int(dct.quant_tbl_no[1])])
+                samp = np.asarray(dct.samp_factor)
         except Exception as e:  # noqa: BLE001 - jpeglib raises plain Exceptions for libjpeg errors
             raise ImageError(path, f"cannot read its DCT coefficients ({e})", "pass --no-project") from None
         with __import__("PIL.Image").Image.open(path) as im:
-            hb, wb = im.height // 8, im.width // 8
-        return cls(torch.from_numpy(k[:hb, :wb].astype(np.float64))[None, None], qt.astype(np.int64))
+            height, width = im.height, im.width
+        hb, wb = height // 8, width // 8
+        out = cls(torch.from_numpy(k[:hb, :wb].astype(np.float64))[None, None], qt.astype(np.int64))
+        if chroma:
+            f = {(2, 2, 1, 1): 2, (1, 1, 1, 1): 1}.get((*samp[0], *samp[1]), 0) if (samp[1] == samp[2]).all() else 0
+            if f:  # the complete blocks of the subsampled planes: 8 f x 8 f pixels of the image each
+                cb_, cr_ = ((torch.from_numpy(a[: height // (8 * f), : width // (8 * f)].astype(np.float64))[None, None])
+                            for a in (cb, cr))
+                out.kc, out.cqtable, out.chroma_factor = (cb_, cr_), ctab.astype(np.int64), f
+        return out
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Consistency:
@@ -123,6 +140,14 @@ class Consistency:
     def project(self, y_matlab: np.ndarray) -> np.ndarray:
         """The same for MATLAB-range Y (the model's colour path), through the exact linear map."""
         return jpeg.jfif_y_to_matlab(self.project_jfif(jpeg.matlab_y_to_jfif(y_matlab)))
+
+    def project_chroma(self, cbcr: np.ndarray) -> np.ndarray:
+        """JFIF Cb and Cr (2, H, W) -> the nearest planes whose subsampled versions' complete blocks lie in the
+        file's own chroma intervals (:func:`otmlib.jpeg.project_chroma`); unchanged when the file gives none."""
+        if not self.chroma_factor:
+            return cbcr
+        return np.stack([jpeg.project_chroma(as_batch(c, np.float64), k, self.cqtable, self.chroma_factor,
+                                             margin=1.0)[0, 0].numpy() for c, k in zip(cbcr, self.kc)])
 
 
 def restore_image(
@@ -150,6 +175,8 @@ def restore_image(
     y_in = img if grey else np.concatenate([jpeg.luminance(img[r]) for r in _strips(img.shape[0], COLOUR_STRIP_ROWS)])
     ys = restore_luma(G, y_in, seeds, tile=tile, bf16=bf16)
     cbcr = restore_chroma(chroma, img, tile=tile, bf16=bf16) if chroma is not None and not grey else None
+    if cbcr is not None and consistency is not None:
+        cbcr = consistency.project_chroma(cbcr)
     outs = []
     for y in ys:
         y = y.astype(np.float64)

@@ -166,3 +166,65 @@ def test_cli_colour_evaluation_and_chroma_checks(chelsea, tmp_path, capsys):
     assert main(["evaluate", "--colour", "--chroma", "baseline-q10", "--data", str(tmp_path), "-q", "10",
                  "--no-progress"]) == 2
     assert "not a chroma model" in capsys.readouterr().err
+
+
+def _coded_file(img, quality, tmp_path, subsampling="4:2:0"):
+    p = tmp_path / f"c{quality}-{subsampling.replace(':', '')}.jpg"
+    p.write_bytes(jpeg.encode(img, quality, subsampling))
+    return p
+
+
+@pytest.mark.parametrize("subsampling", ["4:2:0", "4:4:4"])
+def test_a_decoded_colour_jpeg_lies_in_its_own_intervals_in_all_three_channels(chelsea, tmp_path, subsampling):
+    """Read with jpeglib: each channel against its own table at its own resolution (chroma on the subsampled
+    plane, 2x2 means for 4:2:0). At Q10 every coefficient of chelsea (no RGB clipping) is inside, to 1e-6: the
+    rounding of the decoder's RGB moves a coefficient far less than Q/2. (At Q90 about 0.3% fall outside by up
+    to 1.4 Q: there the intervals are narrower than what 8-bit RGB rounding and upsampling move.)"""
+    from otmlib.restore import Consistency
+
+    path = _coded_file(chelsea, 10, tmp_path, subsampling)
+    cons = Consistency.from_file(path)
+    assert cons.chroma_factor == (2 if subsampling == "4:2:0" else 1)
+    ycc = torch.from_numpy(jpeg.rgb_to_jfif(jpeg.decode(path.read_bytes())).transpose(2, 0, 1).copy())[None]
+    assert float(jpeg.interval_excess(ycc[:, :1], cons.k, cons.qtable).max()) < 1e-6
+    for c, k in zip((1, 2), cons.kc):
+        plane = jpeg.chroma_means(ycc[:, c:c + 1], cons.chroma_factor)
+        assert k.shape[2:4] == (plane.shape[-2] // 8, plane.shape[-1] // 8)
+        assert float(jpeg.interval_excess(plane, k, cons.cqtable).max()) < 1e-6
+
+
+def test_chroma_projection_moves_each_cell_by_a_constant_into_the_intervals(chelsea, tmp_path):
+    from otmlib.restore import Consistency
+
+    cons = Consistency.from_file(_coded_file(chelsea, 10, tmp_path))
+    ycc = jpeg.rgb_to_jfif(chelsea)  # the original: inside by definition, but give it a colour cast of +12 Cb
+    cbcr = np.stack([ycc[..., 1] + 12, ycc[..., 2]])
+    out = cons.project_chroma(cbcr)
+    for c in range(2):
+        plane = jpeg.chroma_means(torch.from_numpy(out[c])[None, None], 2)
+        k = cons.kc[c]
+        assert float(jpeg.interval_excess(plane, k, cons.cqtable).max()) < 1e-9
+        d = out[c] - cbcr[c]
+        h, w = (k.shape[2] * 16, k.shape[3] * 16)
+        cells = d[:h, :w].reshape(h // 2, 2, w // 2, 2)
+        assert np.allclose(cells, cells[:, :1, :, :1])  # one correction per 2x2 cell
+        assert np.all(d[h:] == 0) and np.all(d[:, w:] == 0)  # partial edge blocks untouched
+    assert np.abs(out[0] - cbcr[0]).mean() > 5  # the cast is mostly taken back
+    np.testing.assert_allclose(cons.project_chroma(out), out, atol=1e-9)  # a projection: idempotent
+
+
+def test_restoring_a_colour_file_with_a_chroma_model_projects_its_chroma(chelsea, tmp_path):
+    from otmlib.restore import Consistency, restore_file
+
+    path = _coded_file(chelsea, 10, tmp_path)
+    G = Generator(GeneratorConfig(width=8, branch_units=1, agg_units=1, noise=False)).eval()
+    C = _identity_chroma()
+    with torch.no_grad():
+        C.deconv.bias[1] = 20 / 127.5  # a chroma model that adds 20 levels of Cb everywhere
+    raw, _ = restore_file(G, path, consistent=False, chroma=C)
+    proj, _ = restore_file(G, path, consistent=True, chroma=C)
+    cons = Consistency.from_file(path)
+    def excess(rgb):
+        cb = torch.from_numpy(jpeg.rgb_to_jfif(rgb)[..., 1])[None, None]
+        return float(jpeg.interval_excess(jpeg.chroma_means(cb, 2), cons.kc[0], cons.cqtable).mean())
+    assert excess(raw.candidates[0]) > 1 and excess(proj.candidates[0]) < 0.05
