@@ -471,11 +471,11 @@ class Trainer:
         """Mean PSNR / PSNR-B of :attr:`G_eval` on the held-out images (z seed 0 for one-to-many).
 
         One-to-many: also the candidates' texture ratio (:func:`otmlib.restore.texture_ratio`, mean over seeds
-        0-3 and images) and the diversity of the 4 candidates overall, in textured and in flat regions
+        0-3 and images), their share of DCT coefficients inside the JPEG's intervals (grey) and the diversity of the 4 candidates overall, in textured and in flat regions
         (:func:`otmlib.restore.region_sums`, pooled over the images) and, with a frozen L2 parent, its RMSE in
         the same regions (the spread an ideal sampler would have there).
         """
-        from otmlib.restore import REGIONS, candidate_variance, pooled_rms, region_sums, texture_ratio
+        from otmlib.restore import REGIONS, candidate_variance, interval_share, pooled_rms, region_sums, texture_ratio
 
         if not self.val_images:
             return {}
@@ -483,7 +483,7 @@ class Trainer:
             return self._validate_chroma()
         G = self.G_eval
         G.eval()
-        ps, pbs, pj, tex = [], [], [], []
+        ps, pbs, pj, tex, inside = [], [], [], [], []
         div = {r: (0.0, 0) for r in REGIONS}
         ref_err = {r: (0.0, 0) for r in REGIONS}
 
@@ -504,6 +504,8 @@ class Trainer:
             if len(outs) > 1:
                 div = add(div, region_sums(candidate_variance(outs), gt))
                 tex.append(np.mean([texture_ratio(o, gt) for o in outs]))
+                if im.coded.shape[0] == 1:  # grey: the share of DCT coefficients inside the file's intervals
+                    inside.append(np.mean([interval_share(o, dec, im.qtable[0]) for o in outs]))
             if self.G_ref is not None:
                 ref = luma(to_uint8_image(self.G_ref(xj)[0])).astype(np.float64)
                 ref_err = add(ref_err, region_sums((ref - gt) ** 2, gt))
@@ -511,6 +513,8 @@ class Trainer:
         rec = {"val_psnr": float(np.mean(ps)), "val_psnrb": float(np.mean(pbs)), "val_psnr_jpeg": float(np.mean(pj))}
         if tex:  # candidates' gradient energy over the originals' (1: as detailed; the L2 baseline ~0.7)
             rec["val_texture_ratio"] = float(np.mean(tex))
+        if inside:  # before any projection (the JPEG loss's work)
+            rec["val_in_intervals"] = float(np.mean(inside))
         if div["all"][1]:
             rec.update({f"val_div_{r}": v for r, v in pooled_rms(div).items()})
             rec["val_textured_flat"] = rec["val_div_textured"] / max(rec["val_div_flat"], 1e-12)
@@ -665,7 +669,7 @@ def run_log(run: str, root: str | Path | None = None) -> Path | None:
 
 def validation_table(runs: dict[str, str], root: str | Path | None = None):
     """Every validation record of each run (``label -> run name``, see :func:`run_log`) as a DataFrame:
-    label, step, PSNR, candidates' diversity over the L2 parent's RMSE, textured/flat, diversity, texture ratio, and
+    label, step, PSNR, candidates' diversity over the L2 parent's RMSE, textured/flat, diversity, texture ratio, share inside the intervals, and
     D's mean outputs over the 10 logged steps before each validation (one-to-many runs). Runs without a
     log are left out."""
     import pandas as pd
@@ -685,10 +689,11 @@ def validation_table(runs: dict[str, str], root: str | Path | None = None):
                          "textured / flat": r.get("val_textured_flat", float("nan")),
                          "diversity": r.get("val_div_all", float("nan")),
                          "texture ratio": r.get("val_texture_ratio", float("nan")),
+                         "in intervals": r.get("val_in_intervals", float("nan")),
                          "D(natural)": sum(x["d_real"] for x in d) / len(d) if d else float("nan"),
                          "D(candidate)": sum(x["d_fake"] for x in d) / len(d) if d else float("nan")})
     return pd.DataFrame(rows, columns=["run", "step", "PSNR", "diversity / RMSE", "textured / flat", "diversity",
-                                       "texture ratio", "D(natural)", "D(candidate)"])
+                                       "texture ratio", "in intervals", "D(natural)", "D(candidate)"])
 
 
 def training_curve(log_path: str | Path):

@@ -162,6 +162,7 @@ def test_moments_run_warm_starts_freezes_d_logs_diagnostics_and_resumes(images, 
                                                 "grad_lj", "grad_spread", "grad_mse_mean", "spread"))
     val_rec = [r for r in log if "val_div_all" in r][-1]
     assert val_rec["val_div_all"] > 0 and "val_div_over_rmse" in val_rec and val_rec["val_texture_ratio"] > 0
+    assert 0.5 < val_rec["val_in_intervals"] <= 1
     assert val_rec["val_ref_rmse"] > 0 and "val_ref_rmse_textured" in val_rec and "val_ref_rmse_flat" in val_rec
     # resume: the frozen parent comes back from the checkpoint, and the run continues bit-identically
     two = Trainer(_moments_cfg(tmp_path / "otm2", str(parent.ckpt_path)), train, val, progress=False)
