@@ -179,8 +179,10 @@ class Trainer:
         self.G = Generator(cfg.gen).to(self.device)
         self.D = (Discriminator(cfg.gen.channels, width=cfg.d_width).to(self.device)
                   if cfg.mode == "one-to-many" else None)
-        if cfg.channels_last:
+        if cfg.channels_last:  # D too: with NCHW weights on channels-last input, oneDNN reorders every call
             self.G = self.G.to(memory_format=torch.channels_last)
+            if self.D is not None:
+                self.D = self.D.to(memory_format=torch.channels_last)
         self.optG = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.optD = (
             torch.optim.Adam(self.D.parameters(), lr=cfg.lr * cfg.gan.d_lr_ratio, betas=(cfg.beta1, cfg.beta2))
@@ -190,6 +192,8 @@ class Trainer:
         self.G_ref: Generator | None = None
         self.gan_step = GanStep(self) if cfg.mode == "one-to-many" else None
         self.perceptual = PerceptualLoss(cfg.backbone).to(self.device) if cfg.mode == "one-to-many" else None
+        if self.perceptual is not None and cfg.channels_last:
+            self.perceptual = self.perceptual.to(memory_format=torch.channels_last)
         self.G_ddp = self.G
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -207,6 +211,8 @@ class Trainer:
         if self.D is not None and cfg.d_seed is not None:  # last, so the global generator ends where D's draw did
             torch.manual_seed(cfg.d_seed)
             self.D = Discriminator(cfg.gen.channels, width=cfg.d_width).to(self.device)
+            if cfg.channels_last:
+                self.D = self.D.to(memory_format=torch.channels_last)
             self.optD = torch.optim.Adam(self.D.parameters(), lr=cfg.lr * cfg.gan.d_lr_ratio, betas=(cfg.beta1, cfg.beta2))
 
     # ---------------------------------------------------------------- checkpoints
