@@ -331,7 +331,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     scores = json.loads(Path(args.scores).read_text()) if args.scores else {}
     out = export_generator(ck, args.output, data_description=data["description"], data_sha256=data["sha256"],
                            scores=scores, force=args.force)
-    if args.evaluate:  # measure the exported file itself, then record the scores in it
+    if args.evaluate and ck["config"]["mode"] == "chroma":  # the colour protocol, Y as decoded and by the luminance baseline
+        scores.update(_colour_scores(str(out), args.evaluate, int(ck["config"]["data"]["quality"])))
+        out = export_generator(ck, out, data_description=data["description"], data_sha256=data["sha256"],
+                               scores=scores, force=True)
+        print(f"scores: {scores}")
+    elif args.evaluate:  # measure the exported file itself, then record the scores in it
         from otmlib.evaluate import evaluate, model_restorer
 
         q = int(ck["config"]["data"]["quality"])
@@ -343,6 +348,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"scores: {scores}")
     print(f"wrote {out}")
     return 0
+
+
+def _colour_scores(chroma: str, data: str, quality: int) -> dict:
+    """A chroma model on the colour protocol: with Y as decoded and with Y by the shipped luminance baseline of
+    its quality (when one ships), each beside the JPEG's own PSNR."""
+    from otmlib.evaluate import colour_restorer, evaluate_colour
+    from otmlib.zoo import shipped
+
+    jpeg_psnr = evaluate_colour(data, quality, progress=True).summary()["psnr"]
+    out = {}
+    for luma in ("jpeg", f"baseline-q{quality}"):
+        if luma != "jpeg" and luma not in shipped():
+            continue
+        rep = evaluate_colour(data, quality, colour_restorer(None if luma == "jpeg" else luma, chroma), progress=True)
+        s = rep.summary()
+        out[f"{Path(data).name} Q{quality} colour, Y {'as decoded' if luma == 'jpeg' else 'by ' + luma}"] = {
+            "protocol": "colour", "luma": luma, "psnr_jpeg": round(jpeg_psnr, 4),
+            **{k: round(s[k], 4) for k in ("psnr", "ssim", "psnrb", "colour_shift_mean", "colour_shift_max")}, "n": s["n"]}
+    return out
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
