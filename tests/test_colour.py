@@ -228,3 +228,29 @@ def test_restoring_a_colour_file_with_a_chroma_model_projects_its_chroma(chelsea
         cb = torch.from_numpy(jpeg.rgb_to_jfif(rgb)[..., 1])[None, None]
         return float(jpeg.interval_excess(jpeg.chroma_means(cb, 2), cons.kc[0], cons.cqtable).mean())
     assert excess(raw.candidates[0]) > 1 and excess(proj.candidates[0]) < 0.05
+
+
+def test_export_scores_a_chroma_model_on_the_colour_protocol_and_its_card_shows_it(chelsea, tmp_path, capsys):
+    from otmlib.cards import render_card
+    from otmlib.cli import main
+    from otmlib.zoo import read_release
+
+    train = [code_image("c", chelsea[:128, :128], 10, True, "4:2:0")]
+    cfg = TrainConfig(mode="chroma", gen=CHROMA_GEN, data=DataConfig(patch=32, colour=True, subsampling="4:2:0"),
+                      batch_size=2, steps=2, bf16=False, out=str(tmp_path / "run"))
+    t = Trainer(cfg, train, progress=False)
+    t.fit()
+    t.save()
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(chelsea).save(imgs / "c.png")
+    out = tmp_path / "chroma.safetensors"
+    assert main(["export", str(t.ckpt_path), "-o", str(out), "--evaluate", str(imgs)]) == 0
+    info = read_release(out)
+    assert info.mode == "chroma"
+    rows = [s for s in info.scores.values() if s.get("protocol") == "colour"]
+    assert {s["luma"] for s in rows} == {"jpeg", "baseline-q10"} and all(s["n"] == 1 for s in rows)
+    jpeg_psnr = rgb_metrics(chelsea, jpeg.compress(chelsea, 10, "4:2:0").pixels)["psnr"]
+    assert all(s["psnr_jpeg"] == pytest.approx(jpeg_psnr, abs=1e-4) for s in rows)
+    card = render_card("chroma-test", out)
+    assert card.count("colour protocol: RGB, 4:2:0") == 2 and "--chroma chroma-test" in card
