@@ -150,8 +150,8 @@ def render_card(name: str, path: str | Path) -> str:
         if s.get("protocol") == "colour":
             luma = s.get("luma") or "jpeg"
             lines.append(f"- {key} (colour protocol: RGB, 4:2:0): "
-                         f"PSNR {s['psnr']:.2f} dB (the JPEG: {s['psnr_jpeg']:.2f}), SSIM {s['ssim']:.4f}, PSNR-B "
-                         f"{s['psnrb']:.2f} dB, colour shift mean {s['colour_shift_mean']:.2f} / largest "
+                         f"PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.4f}, PSNR-B {s['psnrb']:.2f} dB (the JPEG's PSNR: "
+                         f"{s['psnr_jpeg']:.2f} dB), colour shift mean {s['colour_shift_mean']:.2f} / largest "
                          f"{s['colour_shift_max']:.2f} levels, over {s['n']} images. Reproduce: `otm evaluate --colour "
                          f"--data ../shared/data/BSDS500/test --quality {info.quality} --model {luma} --chroma {name}`.")
             continue
