@@ -562,7 +562,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     plans = _plan_outputs(files, out_dir, model_name, seeds if G.cfg.noise else [None])
     failures: list[str] = []
     written = 0
-    quality_noted = False
+    quality_noted = chroma_noted = False
     for f, targets in zip(tqdm(files, desc="restoring", unit="img", disable=len(files) < 2 or args.quiet), plans):
         made: list[Path] = []
         try:
@@ -571,6 +571,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
                 raise ValueError(f"{clash[0]} exists; pass --force to overwrite")
             res, notes = restore_file(G, f, seeds, quality=args.quality, consistent=not args.no_project,
                                       tile=args.tile, bf16=args.bf16, max_pixels=args.max_pixels, chroma=C)
+            if notes.get("chroma_kept") and not chroma_noted and not args.quiet:
+                print(f"otm: note: {f} is a {notes['chroma_kept']} colour JPEG: its chroma is kept as decoded (the "
+                      "chroma model restores 4:2:0 files)", file=sys.stderr)
+                chroma_noted = True
             q_est = notes.get("quality_estimate")
             if q_est is not None and args.quality is not None and not quality_noted:
                 print(f"otm: note: --quality {args.quality} ignored for JPEG inputs such as {f}: a JPEG is "

@@ -258,8 +258,9 @@ def restore_file(
 ) -> tuple[Restored, dict]:
     """Restore one file: a JPEG as it is (its own tables for consistency; EXIF orientation applied
     to the outputs), or any other image compressed first at ``quality``. Returns the candidates and
-    a dict of notes (``quality_estimate``, ``orientation``, ``consistent``). ``chroma``: a chroma model
-    for colour inputs (see :func:`restore_image`)."""
+    a dict of notes (``quality_estimate``, ``orientation``, ``consistent``, ``chroma_kept``). ``chroma``: a
+    chroma model for colour inputs (see :func:`restore_image`), used on 4:2:0 files (what it learnt; a non-JPEG
+    input is coded 4:2:0 first); other layouts keep their decoded chroma and say so in ``chroma_kept``."""
     from pathlib import Path
 
     from PIL import Image
@@ -276,6 +277,9 @@ def restore_file(
     if is_jpeg:
         info = jpeg.read_jpeg_info(path)
         notes["quality_estimate"] = estimate_ijg_quality(info.luma_table)[0]
+        if chroma is not None and info.components == 3 and info.subsampling != "4:2:0":
+            notes["chroma_kept"] = info.subsampling or "an unusual layout"  # the chroma models learnt 4:2:0 files
+            chroma = None
         if consistent:
             cons = Consistency.from_file(path)
     elif quality is None:

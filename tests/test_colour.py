@@ -254,3 +254,29 @@ def test_export_scores_a_chroma_model_on_the_colour_protocol_and_its_card_shows_
     assert all(s["psnr_jpeg"] == pytest.approx(jpeg_psnr, abs=1e-4) for s in rows)
     card = render_card("chroma-test", out)
     assert card.count("colour protocol: RGB, 4:2:0") == 2 and "--chroma chroma-test" in card
+
+
+def test_a_chroma_model_restores_420_files_and_leaves_444_ones_with_a_note(chelsea, tmp_path, capsys):
+    from otmlib.cli import main
+    from otmlib.restore import restore_file
+    from otmlib.zoo import export_generator
+
+    G = Generator(GeneratorConfig(width=8, branch_units=1, agg_units=1, noise=False)).eval()
+    C = _identity_chroma()
+    with torch.no_grad():
+        C.deconv.bias[1] = 20 / 127.5  # +20 levels of Cb: easy to see whether it was applied
+    f420, f444 = _coded_file(chelsea, 10, tmp_path, "4:2:0"), _coded_file(chelsea, 10, tmp_path, "4:4:4")
+    def cb_gain(res, path):
+        out, dec = res.candidates[0], jpeg.decode(path.read_bytes())
+        return float(jpeg.rgb_to_jfif(out)[..., 1].mean() - jpeg.rgb_to_jfif(dec)[..., 1].mean())
+    r420, n420 = restore_file(G, f420, consistent=False, chroma=C)
+    r444, n444 = restore_file(G, f444, consistent=False, chroma=C)
+    assert cb_gain(r420, f420) > 10 and "chroma_kept" not in n420
+    assert abs(cb_gain(r444, f444)) < 0.5 and n444["chroma_kept"] == "4:4:4"
+    # the command says so, once
+    ck = {"G": C.state_dict(), "step": 1, "wall": 1.0, "config": TrainConfig(
+        mode="chroma", gen=CHROMA_GEN, data=DataConfig(colour=True, subsampling="4:2:0")).to_dict()}
+    cfile = export_generator(ck, tmp_path / "c.safetensors", data_description="", data_sha256="")
+    assert main(["restore", str(f444), "-o", str(tmp_path / "o"), "--model", "baseline-q10",
+                 "--chroma", str(cfile)]) == 0
+    assert capsys.readouterr().err.count("chroma is kept as decoded") == 1
