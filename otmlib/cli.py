@@ -133,6 +133,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         model.__name__ = args.model + (f" (alpha {args.alpha})" if args.alpha is not None else "")
     report = evaluate(args.data, args.quality, model, on_error=args.on_error, limit=args.limit,
                       progress=not args.no_progress)
+    return _print_report(report, args, "luminance", lambda s: [
+        f"  block-edge ratio {s['edge_ratio']:.2f} (squared step across 8x8 edges / inside; 1 = no blocking)"])
+
+
+def _print_report(report, args: argparse.Namespace, protocol: str, extra) -> int:
+    """Print an evaluation's means (or ``--json``), name skipped images; exit 1 if any was skipped, 2 if all."""
     for f, why in report.failures:
         print(f"otm: skipped {f}: {why}", file=sys.stderr)
     if report.n == 0:
@@ -142,11 +148,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{report.model} on {report.data} at JPEG quality {report.quality} ({report.n} images, luminance):")
+        print(f"{report.model} on {report.data} at JPEG quality {report.quality} ({report.n} images, {protocol}):")
         print(f"  PSNR   {summary['psnr']:.2f} dB")
         print(f"  SSIM   {summary['ssim']:.4f}")
         print(f"  PSNR-B {summary['psnrb']:.2f} dB")
-        print(f"  block-edge ratio {summary['edge_ratio']:.2f} (squared step across 8x8 edges / inside; 1 = no blocking)")
+        for line in extra(summary):
+            print(line)
     if report.failures:  # like `otm restore`: the means hold, but not over every image asked for
         print(f"otm: {len(report.failures)} of {report.n + len(report.failures)} image(s) skipped (see above); "
               f"the means are over the other {report.n}", file=sys.stderr)
@@ -162,26 +169,9 @@ def _evaluate_colour(args: argparse.Namespace) -> int:
     restorer = colour_restorer(None if args.model == "jpeg" else args.model, args.chroma)
     report = evaluate_colour(args.data, args.quality, restorer, on_error=args.on_error, limit=args.limit,
                              progress=not args.no_progress)
-    for f, why in report.failures:
-        print(f"otm: skipped {f}: {why}", file=sys.stderr)
-    if report.n == 0:
-        raise ImageError(args.data, "no readable images",
-                         "see the messages above" if report.failures else "check --data and --limit")
-    summary = report.summary()
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(f"{report.model} on {report.data} at JPEG quality {report.quality} ({report.n} images, colour: RGB, 4:2:0):")
-        print(f"  PSNR   {summary['psnr']:.2f} dB")
-        print(f"  SSIM   {summary['ssim']:.4f}")
-        print(f"  PSNR-B {summary['psnrb']:.2f} dB")
-        print(f"  colour shift: mean {summary['colour_shift_mean']:.2f}, largest {summary['colour_shift_max']:.2f} "
-              "(|mean Cb or Cr of the output - the original's|, JFIF levels)")
-    if report.failures:
-        print(f"otm: {len(report.failures)} of {report.n + len(report.failures)} image(s) skipped (see above); "
-              f"the means are over the other {report.n}", file=sys.stderr)
-        return 1
-    return 0
+    return _print_report(report, args, "colour: RGB, 4:2:0", lambda s: [
+        f"  colour shift: mean {s['colour_shift_mean']:.2f}, largest {s['colour_shift_max']:.2f} "
+        "(|mean Cb or Cr of the output - the original's|, JFIF levels)"])
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

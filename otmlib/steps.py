@@ -79,18 +79,27 @@ class GanConfig:
             raise ValueError(f"gan.spread_window must be >= 1, got {self.spread_window}")
 
 
-def l2_step(trainer: Trainer, x: Tensor, xj: Tensor) -> dict[str, float]:
-    """The baseline's step: per-pixel MSE of G(x') against x, one Adam step."""
-    with trainer._autocast():
-        y = trainer.G_ddp(xj)
-    loss = F.mse_loss(y.float(), x)
-    trainer._check({"l2": loss})
+def _g_update(trainer: Trainer, name: str, loss: Tensor) -> float:
+    """Check ``loss`` is finite, take one Adam step of G on it, update the moving average; its value."""
+    trainer._check({name: loss})
     trainer.optG.zero_grad(set_to_none=True)
     loss.backward()
     trainer.optG.step()
     if trainer.G_avg is not None:
         trainer.G_avg.update_parameters(trainer.G)
-    return {"l2": loss.item(), "psnr_batch": 10 * math.log10(255**2 / max(loss.item(), 1e-10))}
+    return loss.item()
+
+
+def _psnr_of_mse(mse: float) -> float:
+    return 10 * math.log10(255**2 / max(mse, 1e-10))
+
+
+def l2_step(trainer: Trainer, x: Tensor, xj: Tensor) -> dict[str, float]:
+    """The baseline's step: per-pixel MSE of G(x') against x, one Adam step."""
+    with trainer._autocast():
+        y = trainer.G_ddp(xj)
+    loss = _g_update(trainer, "l2", F.mse_loss(y.float(), x))
+    return {"l2": loss, "psnr_batch": _psnr_of_mse(loss)}
 
 
 def chroma_step(trainer: Trainer, x: Tensor, xj: Tensor) -> dict[str, float]:
@@ -103,14 +112,8 @@ def chroma_step(trainer: Trainer, x: Tensor, xj: Tensor) -> dict[str, float]:
         ycc_j = ycc_j.contiguous(memory_format=torch.channels_last)
     with trainer._autocast():
         y = trainer.G_ddp(ycc_j)
-    loss = F.mse_loss(y.float()[:, 1:], ycc_x[:, 1:])
-    trainer._check({"l2_chroma": loss})
-    trainer.optG.zero_grad(set_to_none=True)
-    loss.backward()
-    trainer.optG.step()
-    if trainer.G_avg is not None:
-        trainer.G_avg.update_parameters(trainer.G)
-    return {"l2_chroma": loss.item(), "psnr_chroma_batch": 10 * math.log10(255**2 / max(loss.item(), 1e-10))}
+    loss = _g_update(trainer, "l2_chroma", F.mse_loss(y.float()[:, 1:], ycc_x[:, 1:]))
+    return {"l2_chroma": loss, "psnr_chroma_batch": _psnr_of_mse(loss)}
 
 
 def r1_penalty(real_logits: Tensor, x: Tensor, gamma: float) -> Tensor:
