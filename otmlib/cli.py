@@ -348,14 +348,18 @@ def _colour_scores(chroma: str, data: str, quality: int) -> dict:
 
     jpeg_psnr = evaluate_colour(data, quality, progress=True).summary()["psnr"]
     out = {}
-    for luma in (f"baseline-q{quality}", "jpeg"):  # the pair otm restore uses first (README and cards quote it)
-        if luma != "jpeg" and luma not in shipped():
-            continue
-        rep = evaluate_colour(data, quality, colour_restorer(None if luma == "jpeg" else luma, chroma), progress=True)
+    base = f"baseline-q{quality}"
+    # the pair otm restore uses first (README and cards quote it), then this model alone, then the luminance
+    # baseline alone (chroma as decoded: what the pair gains over)
+    runs = [(base, chroma), ("jpeg", chroma), (base, None)] if base in shipped() else [("jpeg", chroma)]
+    for luma, c in runs:
+        rep = evaluate_colour(data, quality, colour_restorer(None if luma == "jpeg" else luma, c), progress=True)
         s = rep.summary()
-        out[f"{Path(data).name} Q{quality} colour, Y {'as decoded' if luma == 'jpeg' else 'by ' + luma}"] = {
-            "protocol": "colour", "luma": luma, "psnr_jpeg": round(jpeg_psnr, 4),
-            **{k: round(s[k], 4) for k in ("psnr", "ssim", "psnrb", "colour_shift_mean", "colour_shift_max")}, "n": s["n"]}
+        key = (f"{Path(data).name} Q{quality} colour, Y {'as decoded' if luma == 'jpeg' else 'by ' + luma}"
+               + ("" if c else ", chroma as decoded (reference)"))
+        out[key] = {"protocol": "colour", "luma": luma, "chroma": "this" if c else "none", "psnr_jpeg": round(jpeg_psnr, 4),
+                    **{k: round(s[k], 4) for k in ("psnr", "ssim", "psnrb", "colour_shift_mean", "colour_shift_max")},
+                    "n": s["n"]}
     return out
 
 

@@ -249,11 +249,12 @@ def test_export_scores_a_chroma_model_on_the_colour_protocol_and_its_card_shows_
     info = read_release(out)
     assert info.mode == "chroma"
     rows = [s for s in info.scores.values() if s.get("protocol") == "colour"]
-    assert {s["luma"] for s in rows} == {"jpeg", "baseline-q10"} and all(s["n"] == 1 for s in rows)
+    assert [(s["luma"], s["chroma"]) for s in rows] == [("baseline-q10", "this"), ("jpeg", "this"), ("baseline-q10", "none")]
+    assert all(s["n"] == 1 for s in rows)
     jpeg_psnr = rgb_metrics(chelsea, jpeg.compress(chelsea, 10, "4:2:0").pixels)["psnr"]
     assert all(s["psnr_jpeg"] == pytest.approx(jpeg_psnr, abs=1e-4) for s in rows)
     card = render_card("chroma-test", out)
-    assert card.count("colour protocol: RGB, 4:2:0") == 2 and "--chroma chroma-test" in card
+    assert card.count("colour protocol: RGB, 4:2:0") == 3 and card.count("--chroma chroma-test") == 2
 
 
 def test_a_chroma_model_restores_420_files_and_leaves_444_ones_with_a_note(chelsea, tmp_path, capsys):
