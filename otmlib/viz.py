@@ -185,7 +185,7 @@ def gan_health_figure(runs: dict[str, list[dict]]) -> Figure:
 def recipe_figure(table) -> Figure:
     """Validation diversity / RMSE, textured / flat and PSNR against the step, a line per run, with the one-to-many
     issue's targets dotted; ``table`` is :func:`otmlib.train.validation_table`'s DataFrame."""
-    fig = Figure(figsize=(14, 3.4), layout="constrained")
+    fig = Figure(figsize=(16, 3.4), layout="constrained")
     axes = fig.subplots(1, 3)
     for label, g in table.groupby("run", sort=False):
         for ax, key in zip(axes, ("diversity / RMSE", "textured / flat", "PSNR")):
@@ -195,5 +195,5 @@ def recipe_figure(table) -> Figure:
         ax.set_xlabel("step")
         if target:
             ax.axhline(target, color="gray", ls=":", label="target")
-    axes[0].legend(fontsize=8)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)  # covers no point
     return fig
