@@ -45,8 +45,9 @@ NOTES: dict[str, dict[str, str]] = {
     },
     "chroma": {
         "use": "Restoring the colour (Cb and Cr) of colour JPEGs coded 4:2:0 at the quality it was trained for: "
-               "chroma blocks and colour bleeding. `otm restore` uses it for colour files beside the luminance "
-               "model (`--chroma`, default: this file); the luminance model restores Y.",
+               "chroma blocks and colour bleeding. `otm restore` uses it for 4:2:0 colour files near its quality "
+               "beside the luminance model (`--chroma`, default: this file); the luminance model restores Y. Other "
+               "files keep their decoded chroma, with a note (measured: applied to Q60 and Q90 files it harms).",
         "limits": "Beyond the paper (which retrains its whole network on RGB): a separate, narrower network for "
                   "the two chroma planes, trained from scratch with a per-pixel L2 loss, so its colours are the "
                   "average of the plausible ones. One quality, 4:2:0 files.",

@@ -166,7 +166,7 @@ def _evaluate_colour(args: argparse.Namespace) -> int:
 
     if args.n > 1 or args.alpha is not None:
         raise ValueError("--colour scores one output per image of a baseline: -n and --alpha do not apply")
-    restorer = colour_restorer(None if args.model == "jpeg" else args.model, args.chroma)
+    restorer = colour_restorer(None if args.model == "jpeg" else args.model, _chroma_name(args.chroma))
     report = evaluate_colour(args.data, args.quality, restorer, on_error=args.on_error, limit=args.limit,
                              progress=not args.no_progress)
     return _print_report(report, args, "colour: RGB, 4:2:0", lambda s: [
@@ -519,19 +519,27 @@ def _write_png(pixels, target: Path, force: bool) -> None:
             os.unlink(tmp)
 
 
-def _chroma_model(name: str | None, device):
-    """The chroma model ``--chroma`` names: None or "none" = keep the decoded Cb/Cr; "auto" = the shipped
-    colour model, if one ships (a shipped file of mode chroma), else none."""
-    from otmlib.zoo import load_chroma_model, read_release, shipped
+def _chroma_name(name: str | None) -> str | None:
+    """What ``--chroma`` names: None or "none" = keep the decoded Cb/Cr; "auto" = the shipped chroma model,
+    if one ships, else none; else a shipped name or a file."""
+    from otmlib.zoo import read_release, shipped
 
     if name in (None, "none"):
         return None
     if name == "auto":
         found = [p for p in shipped().values() if read_release(p).mode == "chroma"]
-        if not found:
-            return None
-        name = str(found[0])
-    return load_chroma_model(name, device)
+        return str(found[0]) if found else None
+    return name
+
+
+def _chroma_model(name: str | None, device):
+    """The chroma model ``--chroma`` names (see :func:`_chroma_name`) and its training quality, or (None, None)."""
+    from otmlib.zoo import load_chroma_model, read_release
+
+    name = _chroma_name(name)
+    if name is None:
+        return None, None
+    return load_chroma_model(name, device), read_release(name).quality
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
@@ -542,7 +550,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from otmlib.zoo import load_generator, read_release, shipped
 
     G, _ = load_generator(args.model, default_device(), alpha=args.alpha)
-    C = _chroma_model(args.chroma, default_device())
+    C, C_q = _chroma_model(args.chroma, default_device())
     if args.bf16 and not bf16_plan(True, default_device())[0]:
         print(f"otm: --bf16 not used: {bf16_plan(True, default_device())[1]}", file=sys.stderr)
     model_name = Path(str(args.model)).stem + (f"_a{args.alpha:g}" if args.alpha is not None else "")
@@ -564,10 +572,11 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             if clash and not args.force:
                 raise ValueError(f"{clash[0]} exists; pass --force to overwrite")
             res, notes = restore_file(G, f, seeds, quality=args.quality, consistent=not args.no_project,
-                                      tile=args.tile, bf16=args.bf16, max_pixels=args.max_pixels, chroma=C)
+                                      tile=args.tile, bf16=args.bf16, max_pixels=args.max_pixels, chroma=C,
+                                      chroma_quality=C_q)
             if notes.get("chroma_kept") and not chroma_noted and not args.quiet:
-                print(f"otm: note: {f} is a {notes['chroma_kept']} colour JPEG: its chroma is kept as decoded (the "
-                      "chroma model restores 4:2:0 files)", file=sys.stderr)
+                print(f"otm: note: {f} ({notes['chroma_kept']}): its chroma is kept as decoded (the chroma model "
+                      "restores 4:2:0 files at its own quality)", file=sys.stderr)
                 chroma_noted = True
             q_est = notes.get("quality_estimate")
             if q_est is not None and args.quality is not None and not quality_noted:
@@ -635,7 +644,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--colour", action="store_true",
                    help="the colour protocol: RGB images coded 4:2:0 as Pillow does, scored on RGB (PSNR over every "
                    "channel, mean SSIM, PSNR-B with the channels' mean BEF) and for colour shift; --model restores Y")
-    e.add_argument("--chroma", default=None, help="with --colour: a chroma model restoring Cb/Cr (default: keep them)")
+    e.add_argument("--chroma", default=None, help="with --colour: a chroma model restoring Cb/Cr, 'auto' (the shipped "
+                   "one) or 'none' (default: keep them)")
     e.add_argument("--json", action="store_true", help="print one JSON object (n, psnr, ssim, psnrb, ...)")
     e.add_argument("--on-error", choices=("skip", "stop"), default="skip",
                    help="unreadable image: skip it, report it and exit 1 (default) or stop (exit 2)")

@@ -219,7 +219,10 @@ def restore_chroma(G: Generator, rgb: np.ndarray, *, tile: int = 512, bf16: bool
     if G.cfg.channels != 3 or G.cfg.noise:
         raise ValueError("restore_chroma expects a colour (3-channel) baseline model, e.g. a chroma-q10 file")
     device = next(G.parameters()).device
-    x = torch.from_numpy(jpeg.rgb_to_jfif(rgb).astype(np.float32).transpose(2, 0, 1)[None]).to(device)
+    x = torch.empty((1, 3, *rgb.shape[:2]), dtype=torch.float32)
+    for r in _strips(rgb.shape[0], COLOUR_STRIP_ROWS):  # no whole-image float64 copy (a 100 MP photo: 2.4 GB)
+        x[0, :, r] = torch.from_numpy(jpeg.rgb_to_jfif(rgb[r]).astype(np.float32).transpose(2, 0, 1))
+    x = x.to(device)
     bf16 = bf16_plan(bf16, device)[0]
     given = _memory_format(G)
     if bf16 or device.type == "cpu":
@@ -255,12 +258,14 @@ def restore_file(
     bf16: bool = False,
     max_pixels: int = 100_000_000,
     chroma: Generator | None = None,
+    chroma_quality: int | None = None,
 ) -> tuple[Restored, dict]:
     """Restore one file: a JPEG as it is (its own tables for consistency; EXIF orientation applied
     to the outputs), or any other image compressed first at ``quality``. Returns the candidates and
     a dict of notes (``quality_estimate``, ``orientation``, ``consistent``, ``chroma_kept``). ``chroma``: a
     chroma model for colour inputs (see :func:`restore_image`), used on 4:2:0 files (what it learnt; a non-JPEG
-    input is coded 4:2:0 first); other layouts keep their decoded chroma and say so in ``chroma_kept``."""
+    input is coded 4:2:0 first) near its training quality ``chroma_quality`` (the luminance note's tolerance);
+    other files keep their decoded chroma and say why in ``chroma_kept``."""
     from pathlib import Path
 
     from PIL import Image
@@ -278,7 +283,7 @@ def restore_file(
         info = jpeg.read_jpeg_info(path)
         notes["quality_estimate"] = estimate_ijg_quality(info.luma_table)[0]
         if chroma is not None and info.components == 3 and info.subsampling != "4:2:0":
-            notes["chroma_kept"] = info.subsampling or "an unusual layout"  # the chroma models learnt 4:2:0 files
+            notes["chroma_kept"] = f"a {info.subsampling or 'unusual'} file"  # the chroma models learnt 4:2:0 files
             chroma = None
         if consistent:
             cons = Consistency.from_file(path)
@@ -290,6 +295,11 @@ def restore_file(
         img = jpeg.decode(data)
         if consistent:
             cons = Consistency.from_bytes(data)
+    file_q = notes.get("quality_estimate", quality)
+    if chroma is not None and chroma_quality is not None and file_q is not None and \
+            abs(file_q - chroma_quality) > max(3, chroma_quality // 2):  # measured: Q10's chroma model harms Q60, Q90
+        notes["chroma_kept"] = f"quality ~{file_q}, the chroma model's is {chroma_quality}"
+        chroma = None
     notes["consistent"] = cons is not None
     res = restore_image(G, img, seeds, tile=tile, bf16=bf16, consistency=cons, chroma=chroma)
     res.candidates = [apply_orientation(c, notes["orientation"]) for c in res.candidates]

@@ -51,7 +51,7 @@ class GanConfig:
     mode_seeking: float = 0.0  # weight of MSGAN's term on perceptual features (Mao et al. 2019; needs K >= 2)
     real_label: float = 1.0  # D's target for natural images; 0.9 = one-sided label smoothing (Salimans 2016)
     d_lr_ratio: float = 1.0  # D's learning rate / G's
-    d_steps: int = 1  # D updates per iteration (step i shows D candidate i mod K); the update ratio D:G
+    d_steps: int = 1  # D updates per iteration, on the same natural patches, update i on candidate i mod K
     d_every: int = 1  # update D on every d_every-th iteration only (G:D update ratio d_every:1)
     r1: float = 0.0  # gamma of the R1 penalty on natural patches, gamma/2 E|grad D|^2 per [-1, 1] pixel (Mescheder 2018)
     z_init_gain: float = 0.1  # fusion weights of a z branch added to a baseline parent (init_from)

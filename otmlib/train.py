@@ -78,8 +78,8 @@ class TrainConfig:
     @classmethod
     def student(cls, **changes: Any) -> TrainConfig:
         """The toy scale of the teaching notebooks (02, 04): a width-16 G with 1 + 2 units, a width-16 D
-        (64 costs 6x the time there), 32x32 patches, batch 8, lr 2e-4, float32, efficientnet-lite0, a
-        log every 1/40 of the run and no checkpoint until the end; ``changes`` as in dataclasses.replace."""
+        (64 costs 6x the time there), 32x32 patches, batch 8, lr 2e-4, float32, efficientnet-lite0 and no
+        checkpoint until the end; ``changes`` as in dataclasses.replace."""
         base = cls(gen=GeneratorConfig(width=16, branch_units=1, agg_units=2), data=DataConfig(patch=32),
                    backbone="efficientnet-lite0", d_width=16, batch_size=8, steps=300, lr=2e-4, bf16=False,
                    ckpt_every=10**9, ckpt_minutes=1e9)
@@ -92,6 +92,9 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.mode == "chroma" and not self.data.colour:
             raise ValueError("mode chroma restores the Cb/Cr of colour JPEGs: set data.colour: true")
+        if self.data.colour and self.data.subsampling != "4:4:4" and self.mode != "chroma":
+            raise ValueError(f"data.subsampling {self.data.subsampling} is for mode chroma: RGB models and the JPEG "
+                             "loss assume every channel on the 8x8 grid (4:4:4)")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema is a decay in [0, 1) (0 turns the average off), got {self.ema}")
         # a copy: a GeneratorConfig shared with another TrainConfig must not change under it

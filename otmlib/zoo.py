@@ -136,7 +136,8 @@ def read_release(path: str | Path) -> ReleaseInfo:
     m = read_metadata(path)
     return ReleaseInfo(
         path=path, mode=m["mode"], quality=int(m["quality"]), steps=int(m["steps"]),
-        steps_total=int(m.get("steps_total", m["steps"])), cpu_hours=float(m.get("cpu_hours", "nan")),
+        steps_total=int(m.get("steps_total", m["steps"])),  # older files: wall hours (one thread then)
+        cpu_hours=float(m.get("cpu_hours", float(m.get("wall_seconds", "nan")) / 3600)),
         wall_seconds=float(m.get("wall_seconds", "nan")), gen_config=json.loads(m["gen_config"]),
         train_config=json.loads(m.get("train_config", "{}")), lineage=json.loads(m.get("lineage", "[]")),
         scores=json.loads(m.get("scores", "{}")), backbone=m.get("backbone", ""), data=m.get("data", ""),
@@ -226,7 +227,7 @@ def load_l2_parent(name_or_path: str | Path, device: torch.device | str = "cpu")
 def load_chroma_model(name_or_path: str | Path, device=None) -> Generator:
     """A chroma model (``mode: chroma``: a 3-channel baseline restoring Cb/Cr of colour JPEGs), in eval mode;
     a one-line ValueError naming the file for any other model."""
-    G, _ = load_generator(name_or_path, device)
-    if G.cfg.channels != 3 or G.cfg.noise:
+    if read_release(name_or_path).mode != "chroma":  # an RGB baseline is 3-channel too, but reads RGB
         raise ValueError(f"{name_or_path}: not a chroma model (a 3-channel baseline trained with mode: chroma)")
+    G, _ = load_generator(name_or_path, device)
     return G.eval()

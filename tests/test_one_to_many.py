@@ -317,11 +317,15 @@ def test_update_ratio_counts_d_steps(images, tmp_path, gan, d_updates):
                       backbone="efficientnet-lite0", batch_size=2, steps=4, epoch_samples=2, bf16=False,
                       log_every=1, val_every=100, out=str(tmp_path / "ratio"))
     t = Trainer(cfg, train, val, progress=False)
-    calls = []
+    calls, fakes = [], []
     step = t.optD.step
     t.optD.step = lambda *a, **k: (calls.append(t.step), step(*a, **k))[1]
+    update = t.gan_step._d_update
+    t.gan_step._d_update = lambda x, fake, rec: (fakes.append(fake.clone()), update(x, fake, rec))[1]
     t.fit()
     assert len(calls) == d_updates
+    if gan.get("d_steps"):  # the two updates of a step see the two candidates (different z), not one twice
+        assert not torch.equal(fakes[0], fakes[1])
     log = [r for r in t.read_log() if "grad_lp" in r]
     # D's outputs are logged on every step with D, updated or not
     assert [("d_real" in r) for r in log] == [False, True, True, True]
@@ -351,9 +355,22 @@ def test_perceptual_on_one_candidate_sees_the_first_candidate_only(images, tmp_p
         forward = t.perceptual.forward
         t.perceptual.forward = lambda y, x, f=forward, on=on: (seen.__setitem__(on, y), f(y, x))[1]
         t.fit()
-    assert seen["one"].shape[0] == 2 and seen["one"]._base is not None and seen["one"]._base.shape[0] == 4
+    one = seen["one"]  # rows 0..B-1 of G's (2B, ...) output: candidate 0 of each JPEG
+    assert one.shape[0] == 2 and one._base is not None and one._base.shape[0] == 4 and one.storage_offset() == 0
     assert seen["mean"].shape[0] == 2 and seen["mean"]._base is None
     assert seen["each"].shape[0] == 4
+
+
+def test_init_from_a_baseline_takes_the_runs_sigma_of_z(images, tmp_path):
+    train, val = images
+    parent = Trainer(TrainConfig(mode="baseline", gen=GEN, data=DataConfig(patch=32, seed=1), batch_size=2,
+                                 steps=1, bf16=False, out=str(tmp_path / "base")), train, val, progress=False)
+    parent.fit()
+    cfg = dataclasses.replace(_moments_cfg(tmp_path / "s3", str(parent.ckpt_path)),
+                              gen=dataclasses.replace(GEN, noise=True, noise_sigma=3.0))
+    t = Trainer(cfg, train, val, progress=False)
+    t.init_from(cfg.init)
+    assert t.G.cfg.noise_sigma == 3.0 and float(t._noise(torch.zeros(4, 1, 32, 32)).std()) == pytest.approx(3, rel=0.1)
 
 
 def test_warm_start_takes_the_runs_sigma_of_z(tmp_path):

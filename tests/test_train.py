@@ -491,3 +491,20 @@ def test_run_log_and_validation_table_read_both_run_folders(tmp_path):
     assert ours["D(natural)"] == pytest.approx(0.9)
     assert ours["D(candidate)"] == pytest.approx(sum(0.1 * (s // 10) for s in range(30, 130, 10)) / 10)
     assert math.isnan(t.iloc[1]["diversity / RMSE"]) and math.isnan(t.iloc[1]["D(natural)"])
+
+
+def test_student_preset_and_d_seed(tmp_path):
+    from otmlib.models import Discriminator
+
+    cfg = TrainConfig.student(mode="one-to-many", steps=7, d_seed=5, backbone="efficientnet-lite0",
+                              channels_last=True, out=str(tmp_path / "s"))
+    assert (cfg.gen.width, cfg.d_width, cfg.data.patch, cfg.batch_size, cfg.steps, cfg.bf16) == (16, 16, 32, 8, 7, False)
+    t = Trainer(cfg, [code_image("c", __import__("skimage").data.camera()[:96, :96], 10, False)], progress=False)
+    torch.manual_seed(5)
+    ref = Discriminator(1, width=16)
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), t.D.state_dict().values()))
+    # channels-last: D and the perceptual network too (NCHW weights on NHWC input: a reorder every call)
+    w = t.D.features[3].weight  # (the first conv has one input channel: both layouts at once)
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    pw = next(p for p in t.perceptual.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1)
+    assert pw.is_contiguous(memory_format=torch.channels_last)
