@@ -139,24 +139,32 @@ def evaluate(
     ``on_error="skip"`` lists unreadable images in ``report.failures`` and goes on;
     ``"stop"`` raises the first :class:`~otmlib.imageio.ImageError`.
     """
+    restorer = get_restorer(model) if isinstance(model, str) else model
+    name = model if isinstance(model, str) else getattr(model, "__name__", "custom")
+    return _run_protocol(data, quality, name, "luminance", lambda img: score_image(jpeg.luminance(img), quality, restorer),
+                         on_error, limit, progress)
+
+
+def _run_protocol(data, quality: int, name: str, protocol: str, score, on_error: str, limit: int | None,
+                  progress: bool) -> EvalReport:
+    """``score(image)`` over the images of ``data`` (8-bit, grey or RGB) into an :class:`EvalReport`;
+    unreadable ones listed in ``failures`` (``on_error="skip"``) or raised (``"stop"``)."""
     if on_error not in ("skip", "stop"):
         raise ValueError(f"on_error must be 'skip' or 'stop', got {on_error!r}")
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
-    restorer = get_restorer(model) if isinstance(model, str) else model
-    name = model if isinstance(model, str) else getattr(model, "__name__", "custom")
-    files = list_images(data)[:limit]
-    report = EvalReport(data=str(data), quality=quality, model=name)
-    bar = tqdm(files, desc=f"{name} Q{quality}", unit="img", disable=not progress)
+    report = EvalReport(data=str(data), quality=quality, model=name, protocol=protocol)
+    suffix = "" if protocol == "luminance" else f" {protocol}"
+    bar = tqdm(list_images(data)[:limit], desc=f"{name} Q{quality}{suffix}", unit="img", disable=not progress)
     for path in bar:
         try:
-            y = jpeg.luminance(load_image(path, exif=False, min_side=11))
+            img = load_image(path, exif=False, min_side=11)
         except ImageError as e:
             if on_error == "stop":
                 raise
             report.failures.append((str(path), e.reason))
             continue
-        report.scores.append(ImageScore(path.name, **score_image(y, quality, restorer)))
+        report.scores.append(ImageScore(path.name, **score(img)))
         bar.set_postfix(psnr=f"{report.mean('psnr'):.2f}", refresh=False)
     return report
 
@@ -214,26 +222,14 @@ def evaluate_colour(
 ) -> EvalReport:
     """The colour protocol (:func:`score_colour_image`) over the images in ``data`` (grey ones as R = G = B);
     ``restorer`` None: the JPEG itself. The grey protocol of Table 2 is :func:`evaluate`."""
-    if on_error not in ("skip", "stop"):
-        raise ValueError(f"on_error must be 'skip' or 'stop', got {on_error!r}")
-    if not 1 <= quality <= 100:
-        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
     restorer = restorer or colour_restorer()
-    name = getattr(restorer, "__name__", "custom")
-    report = EvalReport(data=str(data), quality=quality, model=name, protocol="colour")
-    bar = tqdm(list_images(data)[:limit], desc=f"{name} Q{quality} colour", unit="img", disable=not progress)
-    for path in bar:
-        try:
-            img = load_image(path, exif=False, min_side=11)
-        except ImageError as e:
-            if on_error == "stop":
-                raise
-            report.failures.append((str(path), e.reason))
-            continue
+
+    def score(img: np.ndarray) -> dict:
         rgb = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
-        report.scores.append(ImageScore(path.name, **score_colour_image(rgb, quality, restorer, subsampling)))
-        bar.set_postfix(psnr=f"{report.mean('psnr'):.2f}", refresh=False)
-    return report
+        return score_colour_image(rgb, quality, restorer, subsampling)
+
+    return _run_protocol(data, quality, getattr(restorer, "__name__", "custom"), "colour", score, on_error, limit,
+                         progress)
 
 
 def table2_rows(

@@ -41,22 +41,30 @@ def restore_luma(
 
     Runs G channels-last on CPU (and with bfloat16) and hands G back in the memory layout it came in.
     """
+    x = as_batch(y, device=next(G.parameters()).device)
+    return [to_uint8_image(out[0, 0]) for out in _run_tiled(G, x, seeds if G.cfg.noise else [None], tile, bf16)]
+
+
+def _run_tiled(G: Generator, x: Tensor, seeds: list, tile: int, bf16: bool) -> list[Tensor]:
+    """G on a whole image ``x`` (1, C, H, W), tile by tile, once per seed (None: a baseline), float32 out.
+
+    Channels-last on CPU (and with bfloat16), non-finite outputs refused, and G handed back in the memory
+    layout it came in (a G still being trained keeps its layout).
+    """
     device = next(G.parameters()).device
-    x = as_batch(y, device=device)
     bf16 = bf16_plan(bf16, device)[0]  # emulated bfloat16 (no native support) ran 13x slower
     given = _memory_format(G)
     if bf16 or device.type == "cpu":  # oneDNN wants NHWC: bf16 4x over NCHW fp32; fp32 1.5x (12 MP, tiled)
         G.to(memory_format=torch.channels_last)
-    seeds_ = seeds if G.cfg.noise else [None]
     outs = []
     try:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            for s in seeds_ or [0]:
+            for s in seeds or [0]:
                 out = restore_tiled(G, x, tile=tile, seed=s) if G.cfg.noise else restore_tiled(G, x, tile=tile)
                 _refuse_non_finite(out)
-                outs.append(to_uint8_image(out[0, 0].float()))
+                outs.append(out.float())
     finally:
-        G.to(memory_format=given)  # a G still being trained keeps its layout
+        G.to(memory_format=given)
     return outs
 
 
@@ -222,18 +230,7 @@ def restore_chroma(G: Generator, rgb: np.ndarray, *, tile: int = 512, bf16: bool
     x = torch.empty((1, 3, *rgb.shape[:2]), dtype=torch.float32)
     for r in _strips(rgb.shape[0], COLOUR_STRIP_ROWS):  # no whole-image float64 copy (a 100 MP photo: 2.4 GB)
         x[0, :, r] = torch.from_numpy(jpeg.rgb_to_jfif(rgb[r]).astype(np.float32).transpose(2, 0, 1))
-    x = x.to(device)
-    bf16 = bf16_plan(bf16, device)[0]
-    given = _memory_format(G)
-    if bf16 or device.type == "cpu":
-        G.to(memory_format=torch.channels_last)
-    try:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = restore_tiled(G, x, tile=tile)
-        _refuse_non_finite(out)
-    finally:
-        G.to(memory_format=given)
-    return out[0, 1:].float().cpu().numpy()
+    return _run_tiled(G, x.to(device), [None], tile, bf16)[0][0, 1:].cpu().numpy()
 
 
 def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:

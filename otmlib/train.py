@@ -679,8 +679,8 @@ def run_log(run: str, root: str | Path | None = None) -> Path | None:
 def validation_table(runs: dict[str, str], root: str | Path | None = None):
     """Every validation record of each run (``label -> run name``, see :func:`run_log`) as a DataFrame:
     label, step, PSNR, candidates' diversity over the L2 parent's RMSE, textured/flat, diversity, texture ratio, share inside the intervals, and
-    D's mean outputs over the 10 logged steps before each validation (one-to-many runs). Runs without a
-    log are left out."""
+    D's mean outputs and accuracy and L_n's gradient into G over the 10 logged steps up to each validation
+    (one-to-many runs). Runs without a log are left out."""
     import pandas as pd
 
     rows = []
@@ -693,16 +693,23 @@ def validation_table(runs: dict[str, str], root: str | Path | None = None):
             if "val_psnr" not in r:
                 continue
             d = [x for x in records if "d_real" in x and x["step"] <= r["step"]][-10:]
+
+            def mean(key: str) -> float:
+                vals = [x[key] for x in d if key in x]
+                return sum(vals) / len(vals) if vals else float("nan")
+
             rows.append({"run": label, "step": r["step"], "PSNR": r["val_psnr"],
                          "diversity / RMSE": r.get("val_div_over_rmse", float("nan")),
                          "textured / flat": r.get("val_textured_flat", float("nan")),
                          "diversity": r.get("val_div_all", float("nan")),
                          "texture ratio": r.get("val_texture_ratio", float("nan")),
                          "in intervals": r.get("val_in_intervals", float("nan")),
-                         "D(natural)": sum(x["d_real"] for x in d) / len(d) if d else float("nan"),
-                         "D(candidate)": sum(x["d_fake"] for x in d) / len(d) if d else float("nan")})
+                         "D(natural)": mean("d_real"), "D(candidate)": mean("d_fake"),
+                         "D's accuracy, natural": mean("d_acc_real"), "D's accuracy, candidates": mean("d_acc_fake"),
+                         "L_n's gradient into G": mean("grad_ln")})
     return pd.DataFrame(rows, columns=["run", "step", "PSNR", "diversity / RMSE", "textured / flat", "diversity",
-                                       "texture ratio", "in intervals", "D(natural)", "D(candidate)"])
+                                       "texture ratio", "in intervals", "D(natural)", "D(candidate)",
+                                       "D's accuracy, natural", "D's accuracy, candidates", "L_n's gradient into G"])
 
 
 def training_curve(log_path: str | Path):

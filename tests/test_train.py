@@ -476,7 +476,8 @@ def test_run_log_and_validation_table_read_both_run_folders(tmp_path):
         (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
     write("checkpoints", "shipped", [{"step": 0, "event": "start"}] +
-          [{"step": s, "d_real": 0.9, "d_fake": 0.1 * (s // 10)} for s in range(10, 130, 10)] +
+          [{"step": s, "d_real": 0.9, "d_fake": 0.1 * (s // 10), "d_acc_real": 1.0, "grad_ln": s / 1000}
+           for s in range(10, 130, 10)] +
           [{"step": 120, "val_psnr": 27.0, "val_div_over_rmse": 0.7, "val_textured_flat": 3.2, "val_div_all": 6.0}])
     write("experiments", "control", [{"step": 50, "val_psnr": 28.0}])
     write("experiments", "shipped", [{"step": 1, "val_psnr": 1.0}])  # checkpoints/ wins over experiments/
@@ -490,6 +491,8 @@ def test_run_log_and_validation_table_read_both_run_folders(tmp_path):
     # D's outputs: the mean of the last 10 logged records up to the validation step (steps 30..120)
     assert ours["D(natural)"] == pytest.approx(0.9)
     assert ours["D(candidate)"] == pytest.approx(sum(0.1 * (s // 10) for s in range(30, 130, 10)) / 10)
+    assert ours["D's accuracy, natural"] == 1.0 and math.isnan(ours["D's accuracy, candidates"])
+    assert ours["L_n's gradient into G"] == pytest.approx(sum(range(30, 130, 10)) / 10 / 1000)
     assert math.isnan(t.iloc[1]["diversity / RMSE"]) and math.isnan(t.iloc[1]["D(natural)"])
 
 
