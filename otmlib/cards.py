@@ -108,7 +108,7 @@ def _stage_rows(info: ReleaseInfo) -> list[str]:
         rows.append(f"| {i} | `{src}` | {_config_for(run_dir) or '-'} | {e['steps']:,} | {e['cpu_hours']:.2f} | "
                     f"{_machines(run_dir) if run_dir else 'not logged'} | {'; '.join(what) or '-'} |")
     out = info.train_config.get("out", "")
-    cfg = f"configs/{Path(out).name}.yaml" if (ROOT / "configs" / f"{Path(out).name}.yaml").exists() else "-"
+    cfg = _config_for(ROOT / out if out else None) or "-"
     rows.append(f"| {len(info.lineage) + 1} (this file) | `{out}` | {cfg} | {info.steps:,} | {info.cpu_hours:.2f} | "
                 f"{_machines(ROOT / out) if out else 'not logged'} | - |")
     return rows

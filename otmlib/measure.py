@@ -17,7 +17,7 @@ from otmlib import jpeg
 from otmlib.imageio import load_image
 from otmlib.metrics import all_metrics
 from otmlib.models import Generator
-from otmlib.restore import candidate_variance, interval_share, region_sums, restore_luma, texture_ratio
+from otmlib.restore import REGIONS, candidate_variance, interval_share, pooled_rms, region_sums, restore_luma, texture_ratio
 
 
 @lru_cache(maxsize=1)
@@ -135,8 +135,7 @@ def measure_image(
     if len(cands) > 1:
         for name, (total, n) in region_sums(candidate_variance(cands), y).items():
             div[f"var_{name}"] = total / n if n else 0.0
-            if name != "all":
-                div[f"n_{name}"] = n
+            div[f"n_{name}"] = n
     if kid_tiles is not None:
         kid_tiles.setdefault("original", []).append(tiles(y))
     rows = []
@@ -212,10 +211,9 @@ def summarise(per_output) -> "object":
     if "var_all" in per_output:
         one = per_output[per_output["method"] == "one-to-many"]
         one = one.drop_duplicates("image") if "image" in one else one.iloc[:1]  # one row per image
-        pooled = {"diversity": float(np.sqrt(one["var_all"].mean()))}
-        for name in ("textured", "flat"):
-            n = one[f"n_{name}"].sum()
-            pooled[f"diversity_{name}"] = float(np.sqrt((one[f"var_{name}"] * one[f"n_{name}"]).sum() / n)) if n else np.nan
+        rms = pooled_rms({r: (float((one[f"var_{r}"] * one[f"n_{r}"]).sum()), int(one[f"n_{r}"].sum()))
+                          for r in REGIONS})  # over every image's pixels, as validation pools them
+        pooled = {"diversity": rms["all"], "diversity_textured": rms["textured"], "diversity_flat": rms["flat"]}
         pooled["textured_flat"] = pooled["diversity_textured"] / pooled["diversity_flat"]
         if "baseline" in out.index:
             base = per_output[per_output["method"] == "baseline"]

@@ -133,6 +133,6 @@ def rgb_metrics(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
     r, o = ref.astype(np.float64), out.astype(np.float64)
     mse = float(np.mean((r - o) ** 2))
     bef = float(np.mean([blocking_effect_factor(o[..., c]) for c in range(3)]))
-    return {"psnr": math.inf if mse == 0 else 10.0 * math.log10(PEAK**2 / mse),
+    return {"psnr": math.inf if mse == 0 else float(peak_signal_noise_ratio(r, o, data_range=PEAK)),
             "ssim": float(np.mean([ssim(ref[..., c], out[..., c]) for c in range(3)])),
             "psnrb": math.inf if mse + bef == 0 else 10.0 * math.log10(PEAK**2 / (mse + bef))}

@@ -214,13 +214,14 @@ def test_summarise_pools_diversity_by_pixels_and_gives_the_gap(camera):
         {"image": "a", "method": "baseline", "psnr": 30.0, "mse": 4.0},
         {"image": "b", "method": "baseline", "psnr": 28.0, "mse": 16.0},
     ]
-    for img, var, vt, nt, vf, nf in (("a", 4.0, 9.0, 10, 1.0, 30), ("b", 1.0, 1.0, 30, 0.25, 10)):
+    # image a has 100 pixels, b 300: every region pools by pixels, "all" too
+    for img, var, n, vt, nt, vf, nf in (("a", 4.0, 100, 9.0, 10, 1.0, 30), ("b", 1.0, 300, 1.0, 30, 0.25, 10)):
         for k in range(2):
-            rows.append({"image": img, "method": "one-to-many", "psnr": 27.0 + k, "mse": 20.0,
-                         "var_all": var, "var_textured": vt, "n_textured": nt, "var_flat": vf, "n_flat": nf})
+            rows.append({"image": img, "method": "one-to-many", "psnr": 27.0 + k, "mse": 20.0, "var_all": var,
+                         "n_all": n, "var_textured": vt, "n_textured": nt, "var_flat": vf, "n_flat": nf})
     s = summarise(pd.DataFrame(rows)).set_index("method")
     one = s.loc["one-to-many"]
-    assert one["diversity"] == pytest.approx(math.sqrt((4 + 1) / 2))
+    assert one["diversity"] == pytest.approx(math.sqrt((4 * 100 + 1 * 300) / 400))
     assert one["diversity_textured"] == pytest.approx(math.sqrt((9 * 10 + 1 * 30) / 40))
     assert one["diversity_flat"] == pytest.approx(math.sqrt((1 * 30 + 0.25 * 10) / 40))
     assert one["diversity_over_rmse"] == pytest.approx(one["diversity"] / math.sqrt(10.0))
