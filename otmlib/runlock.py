@@ -55,14 +55,29 @@ def _busy(folder: Path, owner: dict) -> RunFolderBusy:
 
 
 def _try_create(lock: Path, text: str) -> bool:
-    """Create ``lock`` holding ``text`` only if no file is there (atomic); False if one is."""
+    """Create ``lock`` holding ``text`` only if no file is there; False if one is.
+
+    The text is written to a file of our own first and hard-linked into place (atomic, and it fails if
+    ``lock`` exists), so another run never reads a lock that is created but not yet written: it would
+    have to refuse without naming its owner. Where hard links are not supported, ``O_CREAT | O_EXCL``.
+    """
+    tmp = lock.with_name(f"{lock.name}.new{os.getpid()}")
+    tmp.write_text(text)
     try:
-        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.link(tmp, lock)
+        return True
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    return True
+    except OSError:  # no hard links here
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _take_over(lock: Path, stale_text: str) -> bool:
