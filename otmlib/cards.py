@@ -58,6 +58,20 @@ NOTES: dict[str, dict[str, str]] = {
 }
 
 
+# Resume points of intermediate stages removed from the tree (the house issue, point 3): the last commit that holds
+# each, so a card can say where ``git show COMMIT:PATH > PATH`` brings it back. Their configs retrain them in order.
+WEIGHTS_IN_GIT = {f"checkpoints/{run}/last.pt": "a36b468" for run in (
+    "baseline-q10", "baseline-q10-aligned", "baseline-q10-p128-folded", "baseline-q10-folded", "baseline-q10-scales-a",
+    "baseline-q20", "baseline-q5")}
+
+
+def _source_cell(src: str) -> str:
+    """A lineage entry's ``from``, with the commit that still holds it when it left the tree."""
+    if not (ROOT / src).exists() and src in WEIGHTS_IN_GIT:
+        return f"`{src}` (removed; in git at `{WEIGHTS_IN_GIT[src]}`)"
+    return f"`{src}`"
+
+
 def _run_dir(source: str) -> Path | None:
     """The run folder a lineage entry's ``from`` came out of: ``checkpoints/NAME/last.pt`` -> ``checkpoints/NAME``;
     a release file -> the ``out`` folder of its training config (None when unknown)."""
@@ -105,7 +119,7 @@ def _stage_rows(info: ReleaseInfo) -> list[str]:
                 what.append(text.format(**v) if isinstance(v, dict) else text)
         src = e["from"]
         run_dir = _run_dir(src)
-        rows.append(f"| {i} | `{src}` | {_config_for(run_dir) or '-'} | {e['steps']:,} | {e['cpu_hours']:.2f} | "
+        rows.append(f"| {i} | {_source_cell(src)} | {_config_for(run_dir) or '-'} | {e['steps']:,} | {e['cpu_hours']:.2f} | "
                     f"{_machines(run_dir) if run_dir else 'not logged'} | {'; '.join(what) or '-'} |")
     out = info.train_config.get("out", "")
     cfg = _config_for(ROOT / out if out else None) or "-"

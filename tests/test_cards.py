@@ -36,3 +36,24 @@ def test_card_numbers_are_the_files_provenance(name):
     rows = [ln for ln in text.splitlines() if re.match(r"\| \d+( \(this file\))? \|", ln)]
     assert len(rows) == len(info.lineage) + 1
     assert f"{info.steps:,}" in rows[-1]
+
+
+@pytest.mark.parametrize("name", sorted(shipped()))
+def test_every_stage_can_be_retrained_or_fetched(name):
+    """The house issue, point 3: a lineage stage's weights are in the tree, or the card names the commit that holds
+    them, and its config is in configs/ so the stages retrain in order."""
+    import subprocess
+
+    from otmlib.cards import WEIGHTS_IN_GIT, _config_for, _run_dir
+
+    shallow = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--is-shallow-repository"],
+                             capture_output=True, text=True)
+    for e in read_release(name).lineage:
+        src = e["from"]
+        assert _config_for(_run_dir(src)) is not None, f"{name}: no config retrains {src}"
+        if (ROOT / src).exists():
+            continue
+        assert src in WEIGHTS_IN_GIT, f"{name}: {src} is neither in the tree nor in otmlib.cards.WEIGHTS_IN_GIT"
+        if shallow.returncode == 0 and shallow.stdout.strip() == "false":
+            held = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{WEIGHTS_IN_GIT[src]}:{src}"])
+            assert held.returncode == 0, f"{name}: commit {WEIGHTS_IN_GIT[src]} does not hold {src}"
