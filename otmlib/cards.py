@@ -110,7 +110,8 @@ def _stage_rows(info: ReleaseInfo) -> list[str]:
             "|---|---|---|---|---|---|---|"]
     changes = {"folded_shift_and_average": "shift-and-average folded into the deconvolution (same function)",
                "added_identity_units": "residual units added as identities", "widened_units_to": "units widened",
-               "added_noise_branch": "a new z branch added (fusion gain {z_init_gain})"}
+               "added_noise_branch": "a new z branch added (fusion gain {z_init_gain})",
+               "added_table_conditioning": "quantisation-table conditioning added (FiLM, identity at the start)"}
     for i, e in enumerate(info.lineage, 1):
         what = []
         for key, text in changes.items():

@@ -137,7 +137,7 @@ def _to_tuple(value: Any, args: tuple, key: str) -> tuple:
         return tuple(convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
     if args and len(args) != len(value):
         raise ConfigError(f"{key}: expected a list of {len(args)} values, got {len(value)}")
-    return tuple(convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value))) if args else tuple(value)
+    return tuple(convert(v, a, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value))) if args else tuple(value)
 
 
 def _show(value: Any) -> str:

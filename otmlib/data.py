@@ -10,6 +10,8 @@ resumed at step ``s`` sees exactly the batches it would have seen, with any numb
 
 from __future__ import annotations
 
+import io
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +40,45 @@ class DataConfig:
     augment: bool = True  # random flips / transposes (the table is transposed with the patch)
     scales: tuple[float, ...] = (1.0,)  # each training image also at these sizes (resized, then coded)
     seed: int = 0
+    # any quality (issue 19): each patch coded on its own at a quality drawn log-uniformly from [lo, hi]
+    # (random_table), instead of every image once at ``quality``; grey only. ``quality`` is then nominal (the
+    # release's); validation codes each held-out image at every quality of VAL_QUALITIES.
+    qualities: tuple[int, int] | None = None
+    table_jitter: float = 0.0  # share of those patches coded with a perturbed, non-IJG table (cameras' own)
 
     def __post_init__(self) -> None:
         if self.subsampling not in ("4:4:4", "4:2:0"):
             raise ValueError(f"data.subsampling must be '4:4:4' or '4:2:0', got {self.subsampling!r}")
+        if self.qualities is not None:
+            lo, hi = self.qualities
+            if not 1 <= lo <= hi <= 100:
+                raise ValueError(f"data.qualities must be [lo, hi] with 1 <= lo <= hi <= 100, got {self.qualities}")
+            if self.colour:
+                raise ValueError("data.qualities (any-quality training) is grey only for now")
+        if not 0.0 <= self.table_jitter <= 1.0:
+            raise ValueError(f"data.table_jitter is a share in [0, 1], got {self.table_jitter}")
+
+
+VAL_QUALITIES = (10, 20, 40, 60, 90)  # what an any-quality run validates at (each held-out image at each)
+
+
+def random_table(rng: np.random.Generator, qualities: tuple[int, int], jitter: float) -> tuple[np.ndarray, int]:
+    """A luminance table for one any-quality training patch, and the IJG quality it was drawn around.
+
+    The quality is log-uniform on ``qualities`` (rounded): Q5-10 get as many patches as Q50-100, because the low
+    qualities carry most of the loss and of the artifacts. With probability ``jitter`` the IJG table is perturbed
+    into one no IJG quality gives: tilted toward low or high frequencies (x exp(a (u + v - 7) / 7), a uniform in
+    +-0.5) and each step moved by x exp(N(0, 0.15^2)), rounded to 1..255 (cameras and editors write such tables).
+    """
+    lo, hi = qualities
+    q = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+    table = jpeg.ijg_table(q)
+    if rng.random() < jitter:
+        u, v = np.mgrid[0:8, 0:8]
+        a = rng.uniform(-0.5, 0.5)
+        f = np.exp(a * (u + v - 7) / 7 + rng.normal(0.0, 0.15, (8, 8)))
+        table = np.clip(np.round(table * f), 1, 255).astype(np.int64)
+    return table, q
 
 
 @dataclass
@@ -50,8 +87,15 @@ class CodedImage:
 
     name: str
     gt: np.ndarray
-    coded: np.ndarray
-    qtable: np.ndarray  # (C, 8, 8): luminance table for grey; (Y, Cb, Cr) tables for colour
+    coded: np.ndarray | None  # None: coded patch by patch (any-quality training, DataConfig.qualities)
+    qtable: np.ndarray | None  # (C, 8, 8): luminance table for grey; (Y, Cb, Cr) tables for colour
+    quality: int | None = None  # the IJG quality it was coded at
+
+
+def code_luma(name: str, y: np.ndarray, table: np.ndarray, quality: int | None = None) -> CodedImage:
+    """A grey image (H, W) uint8 coded with any luminance ``table`` (:func:`otmlib.jpeg.encode_with_table`)."""
+    coded = jpeg.decode(jpeg.encode_with_table(y, table))
+    return CodedImage(name, y[None].copy(), coded[None].copy(), np.asarray(table, dtype=np.int64)[None].copy(), quality)
 
 
 def code_image(name: str, img: np.ndarray, quality: int, colour: bool, subsampling: str = "4:4:4") -> CodedImage:
@@ -68,7 +112,7 @@ def code_image(name: str, img: np.ndarray, quality: int, colour: bool, subsampli
         return CodedImage(name, rgb.transpose(2, 0, 1).copy(), comp.pixels.transpose(2, 0, 1).copy(), tables)
     y = jpeg.luminance(img)
     comp = jpeg.compress(y, quality)
-    return CodedImage(name, y[None].copy(), comp.pixels[None].copy(), comp.luma_table[None].copy())
+    return CodedImage(name, y[None].copy(), comp.pixels[None].copy(), comp.luma_table[None].copy(), quality)
 
 
 def rescale(img: np.ndarray, scale: float) -> np.ndarray:
@@ -138,7 +182,10 @@ class JpegPatchDataset(Dataset):
                 if top % 8 or left % 8:
                     break
         sl = (slice(None), slice(top, top + p), slice(left, left + p))
-        x, y, q = im.gt[sl], im.coded[sl], im.qtable
+        if cfg.qualities is not None:  # code this patch's own surroundings at its own table
+            x, y, q = im.gt[sl], *self._code_patch(im.gt, top, left, rng)
+        else:
+            x, y, q = im.gt[sl], im.coded[sl], im.qtable
         if cfg.augment:
             k = int(rng.integers(8))
             x, y = _dihedral(x, k), _dihedral(y, k)
@@ -150,6 +197,21 @@ class JpegPatchDataset(Dataset):
             "q": torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)),
             "aligned": torch.tensor(aligned),
         }
+
+
+    def _code_patch(self, gt: np.ndarray, top: int, left: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded JPEG of patch (top, left) of ``gt`` (1, H, W) at a table from :func:`random_table`, and the table.
+
+        Exactly what coding the whole image would give: a grey JPEG's 8x8 blocks are coded independently, so
+        the region from the block corner at or above-left of the patch, coded alone, has the whole image's
+        blocks (a region ending at the image's edge pads its last blocks as the whole image's coding does).
+        """
+        p = self.cfg.patch
+        table, _ = random_table(rng, self.cfg.qualities, self.cfg.table_jitter)
+        r0, c0 = top // 8 * 8, left // 8 * 8
+        region = gt[0, r0 : min(gt.shape[1], r0 + p + 8), c0 : min(gt.shape[2], c0 + p + 8)]
+        dec = jpeg.decode(jpeg.encode_with_table(np.ascontiguousarray(region), table))
+        return dec[None, top - r0 : top - r0 + p, left - c0 : left - c0 + p], table[None]
 
 
 class StreamSampler(Sampler[int]):
@@ -218,8 +280,20 @@ def coded_versions(name: str, img: np.ndarray, cfg: DataConfig, scales: Sequence
     for s in scales:
         im = rescale(img, s)
         if min(im.shape[:2]) >= cfg.patch + 8:
-            out.append(code_image(name if s == 1 else f"{name}@{s:g}", im, cfg.quality, cfg.colour, cfg.subsampling))
+            n = name if s == 1 else f"{name}@{s:g}"
+            if cfg.qualities is not None:  # coded patch by patch during training
+                out.append(CodedImage(n, jpeg.luminance(im)[None].copy(), None, None))
+            else:
+                out.append(code_image(n, im, cfg.quality, cfg.colour, cfg.subsampling))
     return out
+
+
+def validation_versions(images: Sequence[CodedImage], cfg: DataConfig) -> list[CodedImage]:
+    """Held-out images as validation sees them: as coded (one quality), or, for an any-quality run, each one
+    coded at every quality of :data:`VAL_QUALITIES` (named ``name Q20``)."""
+    if cfg.qualities is None:
+        return list(images)
+    return [code_luma(f"{im.name} Q{q}", im.gt[0], jpeg.ijg_table(q), q) for q in VAL_QUALITIES for im in images]
 
 
 def sample_coded(cfg: DataConfig) -> tuple[list[CodedImage], list[CodedImage]]:
@@ -253,7 +327,7 @@ def training_sets(cfg: DataConfig, progress: bool = True, max_images: int | None
     source = resolve_bsds500(cfg.data)
     if source.is_samples:
         train, val = sample_coded(cfg)
-        train = train[:max_images]
+        train, val = train[:max_images], validation_versions(val, cfg)
         digest = hashlib.sha256(",".join(im.name for im in train).encode()).hexdigest()
         return TrainingSets(train, val, f"scikit-image samples ({source.message})", digest, [])
     train_files, val_files = split_files(source.root, cfg.splits, cfg.val_holdout)
@@ -263,7 +337,12 @@ def training_sets(cfg: DataConfig, progress: bool = True, max_images: int | None
         h.update(f"{f.name} {sha256_file(f)}\n".encode())
     train, fails = load_coded(train_files, cfg, progress, scales=cfg.scales)
     val, vfails = load_coded(val_files, cfg, progress=False)  # validation: native size only
+    val = validation_versions(val, cfg)
     sizes = "" if tuple(cfg.scales) == (1.0,) else f" (with resized copies at scales {', '.join(f'{s:g}' for s in cfg.scales)})"
+    coding = (f"JPEG Q{cfg.quality}" if cfg.qualities is None else
+              f"JPEG Q{cfg.qualities[0]}-{cfg.qualities[1]} per patch (log-uniform"
+              + (f", {cfg.table_jitter:.0%} non-IJG tables)" if cfg.table_jitter else ")"))
     desc = (f"{source.root} ({source.kind}): {len(train)} training images{sizes} from {'+'.join(cfg.splits)}, "
-            f"{len(val)} held out for validation, JPEG Q{cfg.quality}, {f'RGB {cfg.subsampling}' if cfg.colour else 'Y'}")
+            f"{len(val_files) - len(vfails)} held out for validation, {coding}, "
+            f"{f'RGB {cfg.subsampling}' if cfg.colour else 'Y'}")
     return TrainingSets(train, val, desc, h.hexdigest(), fails + vfails)

@@ -37,7 +37,7 @@ def generator_restorer(G, seed: int = 0, bf16: bool = False) -> Restorer:
     G.eval()
 
     def restore(decoded: np.ndarray, qtable: np.ndarray) -> np.ndarray:
-        return restore_luma(G, decoded, [seed], bf16=bf16)[0]
+        return restore_luma(G, decoded, [seed], bf16=bf16, qtable=qtable if G.cfg.table_cond else None)[0]
 
     return restore
 

@@ -138,6 +138,21 @@ def encode(img: np.ndarray, quality: int, subsampling: str = "4:2:0") -> bytes:
     return buf.getvalue()
 
 
+def encode_with_table(y: np.ndarray, table: np.ndarray) -> bytes:
+    """Compress a grey uint8 image (H, W) with the luminance quantisation ``table`` (8x8 steps 1..255, natural
+    order): any table, not only the IJG ones ``encode`` writes (cameras and editors use their own). Baseline,
+    libjpeg's islow DCT, as ``encode``; with ``table = ijg_table(q)`` the decoded pixels equal ``encode(y, q)``'s."""
+    table = np.asarray(table)
+    if y.dtype != np.uint8 or y.ndim != 2:
+        raise ValueError(f"encode_with_table expects a grey uint8 (H, W) image, got {y.dtype} {y.shape}")
+    if table.shape != (8, 8) or table.min() < 1 or table.max() > 255:
+        raise ValueError(f"a baseline JPEG table is 8x8 steps in 1..255, got shape {table.shape}, "
+                         f"range {table.min()}..{table.max()}")
+    buf = io.BytesIO()
+    Image.fromarray(y).save(buf, format="JPEG", qtables=[[int(v) for v in table.reshape(-1)]])
+    return buf.getvalue()
+
+
 def decode(data: bytes) -> np.ndarray:
     """Decode JPEG bytes to a uint8 array, (H, W) for grey, (H, W, 3) for colour."""
     with Image.open(io.BytesIO(data)) as im:

@@ -35,6 +35,8 @@ __all__ = [
     "grow_aggregation",
     "widen_units",
     "add_noise_branch",
+    "add_table_conditioning",
+    "TableFiLM",
     "interpolate_generators",
     "Generator",
     "Discriminator",
@@ -89,6 +91,7 @@ class GeneratorConfig:
     residual: bool = True  # predict x' + correction (ours: the paper is silent; trains much faster)
     out_init_gain: float = 0.1  # scales the last layer's He init so G starts near x' (ours)
     inner_width: int | None = None  # filters of each residual unit's first conv when not ``width`` (see widen_units)
+    table_cond: bool = False  # read the JPEG's luminance quantisation table (issue 19, see TableFiLM; ours)
 
     def describe(self) -> str:
         """One line: G's size and how it upsamples (Sec. 3.2), as ``otm models`` prints it."""
@@ -97,7 +100,8 @@ class GeneratorConfig:
             " + shift-and-average" if self.shift_and_average else " (no shift-and-average)")
         z = ", z branch" if self.noise else ""
         inner = f" (inner width {self.inner_width})" if self.inner_width not in (None, self.width) else ""
-        return f"{self.branch_units + self.agg_units} residual units of width {self.width}{inner}{z}, {up}"
+        table = ", conditioned on the file's quantisation table" if self.table_cond else ""
+        return f"{self.branch_units + self.agg_units} residual units of width {self.width}{inner}{z}{table}, {up}"
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -135,8 +139,45 @@ class PreActResidualUnit(nn.Module):
             nn.Conv2d(inner, width, 3, padding=1, bias=False),  # G's stream always ends in a BN
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
+    def forward(self, x: Tensor, film: Tensor | None = None) -> Tensor:
+        """``film`` (N, 2, width): scale and shift of the unit's residual, ``x + (1 + g) body(x) + b``."""
+        if film is None:
+            return x + self.body(x)
+        g, b = film[:, 0, :, None, None], film[:, 1, :, None, None]
+        return x + self.body(x) * (1 + g.to(x.dtype)) + b.to(x.dtype)
+
+
+def table_features(qtable: Tensor) -> Tensor:
+    """A quantisation table (N, 8, 8), (N, 1, 8, 8) or (N, 64) of steps 1..255 -> (N, 64) features in [-1, 1]:
+    ``log(q) / log(16) - 1`` (a step of 16 maps to 0; halving a step moves every feature by the same amount)."""
+    q = qtable.reshape(qtable.shape[0], -1).float()
+    if q.shape[1] != 64:
+        raise ValueError(f"a quantisation table has 64 steps, got shape {tuple(qtable.shape)}")
+    return torch.log(q.clamp_min(1.0)) / math.log(16.0) - 1.0
+
+
+class TableFiLM(nn.Module):
+    """Feature-wise modulation of G's residual units by the file's luminance quantisation table (issue 19, ours).
+
+    The 64 steps (:func:`table_features`) go through a small MLP (64 -> 128 -> 128 -> 2 x width per unit) that
+    gives every residual unit of the image branch and the aggregation a per-channel scale and shift of its
+    residual (FiLM, Perez et al. 2018; QGAC conditions on the table likewise). The last layer starts at zero,
+    so a G that gains the module computes exactly what it did (:func:`add_table_conditioning`). Why not the
+    table as extra input planes: the table is one constant per image, so planes only shift the first layer's
+    features; a scale per unit can turn the whole correction down where the file lost little.
+    """
+
+    def __init__(self, units: int, width: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.units, self.width = units, width
+        self.mlp = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden),
+                                 nn.ReLU(inplace=True), nn.Linear(hidden, 2 * units * width))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, qtable: Tensor) -> Tensor:
+        """(N, units, 2, width): each unit's (scale - 1, shift)."""
+        return self.mlp(table_features(qtable)).float().view(-1, self.units, 2, self.width)
 
 
 def shift_and_average(x: Tensor, stride: int) -> Tensor:
@@ -209,6 +250,8 @@ class Generator(nn.Module):
         agg: list[nn.Module] = [PreActResidualUnit(w, cfg.inner_width) for _ in range(cfg.agg_units)]
         agg += [nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
         self.aggregate = nn.Sequential(*agg)
+        if cfg.table_cond:
+            self.table_film = TableFiLM(cfg.branch_units + cfg.agg_units, w)
         kd = cfg.deconv_kernel or k
         self.deconv = nn.ConvTranspose2d(w, cfg.channels, kd, s, padding=(k - s) // 2)
         # low-res feature pixels replicated on each side before the deconv, so that every kept
@@ -271,15 +314,29 @@ class Generator(nn.Module):
         *,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        qtable: Tensor | None = None,
     ) -> Tensor:
         """Candidate ``y = G(x', z)`` in [0, 255] (unclamped), same shape as ``x`` (N, C, H, W).
 
         With the noise branch, ``z`` (N or 1, C, H, W) is drawn by :meth:`sample_noise` from
         ``seed`` / ``generator`` when not given. The baseline (``noise=False``) rejects ``z`` and
         ignores ``seed`` / ``generator`` (there is nothing to draw), so callers can treat both alike.
+        ``qtable``: the luminance quantisation table of ``x``'s JPEG, (N or 1, 8, 8) steps, natural order;
+        required by a G with ``table_cond`` (:class:`TableFiLM`), ignored by one without.
         """
         cfg = self.cfg
         _check_images(x, cfg.channels, "Generator")
+        film = None
+        if cfg.table_cond:
+            if qtable is None:
+                raise ValueError("this model reads the JPEG's quantisation table: pass qtable (the file's "
+                                 "luminance table, 8x8 steps; otm restore reads it from the file)")
+            qtable = torch.as_tensor(qtable, device=x.device)
+            if qtable.ndim == 2:
+                qtable = qtable[None]
+            if qtable.shape[0] not in (1, x.shape[0]):
+                raise ValueError(f"qtable: {qtable.shape[0]} tables for {x.shape[0]} images")
+            film = self.table_film(qtable).expand(x.shape[0], -1, -1, -1)
         if not cfg.noise and z is not None:
             raise ValueError(_BASELINE_Z)
         n, _, h, w = x.shape
@@ -295,11 +352,11 @@ class Generator(nn.Module):
         s = cfg.stride
         pad = (0, -w % s, 0, -h % s)
         xn = normalise(x)
-        f = self.image_branch(_pad_bottom_right(xn, pad))
+        f = _run_units(self.image_branch, _pad_bottom_right(xn, pad), film, 0)
         if cfg.noise:
             g = self.noise_branch(_pad_bottom_right(z.to(xn.dtype), pad))
             f = self.fuse(torch.cat([f, g], dim=1))
-        r = self._upsample(self.aggregate(f))[..., :h, :w]
+        r = self._upsample(_run_units(self.aggregate, f, film, cfg.branch_units))[..., :h, :w]
         return x + PIXEL_SCALE * r if cfg.residual else PIXEL_MEAN + PIXEL_SCALE * r
 
 
@@ -378,6 +435,35 @@ def widen_units(G: Generator, inner_width: int) -> Generator:
             target[:, :old_inner] = t
         else:  # first conv's filters (inner, width, 3, 3), the BN after it (inner,): old ones first
             target[:old_inner] = t
+    new.load_state_dict(state)
+    return new
+
+
+def _run_units(seq: nn.Sequential, x: Tensor, film: Tensor | None, first: int) -> Tensor:
+    """``seq(x)``, with residual unit ``i`` of it modulated by ``film[:, first + i]`` when given."""
+    if film is None:
+        return seq(x)
+    i = first
+    for m in seq:
+        if isinstance(m, PreActResidualUnit):
+            x, i = m(x, film[:, i]), i + 1
+        else:
+            x = m(x)
+    return x
+
+
+def add_table_conditioning(G: Generator) -> Generator:
+    """The same function as ``G`` that also reads the file's quantisation table (:class:`TableFiLM`).
+
+    Every tensor of ``G`` is copied; the new module's last layer is zero, so for every table the result
+    computes exactly ``G``'s output until training moves it (issue 19: warm-start the any-quality model
+    from a per-quality baseline).
+    """
+    if G.cfg.table_cond:
+        raise ValueError("this generator already reads the quantisation table")
+    new = Generator(dataclasses.replace(G.cfg, table_cond=True)).to(G.deconv.weight.device)
+    state = new.state_dict()
+    state.update({k: v.clone() for k, v in G.state_dict().items()})
     new.load_state_dict(state)
     return new
 
@@ -491,6 +577,7 @@ def restore_tiled(
     z: Tensor | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
+    qtable: Tensor | None = None,
 ) -> Tensor:
     """``model(x)`` on a large image, one ``tile`` x ``tile`` tile at a time, under ``no_grad``.
 
@@ -501,6 +588,7 @@ def restore_tiled(
     drawn once for the whole image (from ``seed`` / ``generator``) and sliced per tile, so a
     tiled result matches ``model(x, seed=...)``. Call ``model.eval()`` first: in training mode
     BatchNorm uses each tile's own statistics. Runs on the model's device, returns on ``x``'s.
+    ``qtable``: the JPEG's luminance table, for a model that reads it (see :meth:`Generator.forward`).
     """
     cfg = model.cfg
     _check_images(x, cfg.channels, "restore_tiled")
@@ -526,7 +614,7 @@ def restore_tiled(
             for (x0, x1), win_x in zip(cols, wx):
                 xt = x[..., y0:y1, x0:x1].to(device)
                 zt = None if z is None else z[..., y0:y1, x0:x1].to(device)
-                yt = model(xt, zt) if cfg.noise else model(xt)
+                yt = model(xt, zt, qtable=qtable) if cfg.noise else model(xt, qtable=qtable)
                 weight = (win_y[:, None] * win_x[None, :]).to(x.device)
                 out[..., y0:y1, x0:x1] += yt.float().to(x.device) * weight
     return out

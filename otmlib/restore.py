@@ -36,16 +36,19 @@ def restore_luma(
     *,
     tile: int = 512,
     bf16: bool = False,
+    qtable: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Restore 8-bit luminance ``y`` (H, W): one uint8 output per seed (one for the baseline).
 
     Runs G channels-last on CPU (and with bfloat16) and hands G back in the memory layout it came in.
+    ``qtable`` (8, 8): the luminance table ``y`` was coded with, for a model that reads it (``table_cond``).
     """
     x = as_batch(y, device=next(G.parameters()).device)
-    return [to_uint8_image(out[0, 0]) for out in _run_tiled(G, x, seeds if G.cfg.noise else [None], tile, bf16)]
+    outs = _run_tiled(G, x, seeds if G.cfg.noise else [None], tile, bf16, qtable)
+    return [to_uint8_image(out[0, 0]) for out in outs]
 
 
-def _run_tiled(G: Generator, x: Tensor, seeds: list, tile: int, bf16: bool) -> list[Tensor]:
+def _run_tiled(G: Generator, x: Tensor, seeds: list, tile: int, bf16: bool, qtable=None) -> list[Tensor]:
     """G on a whole image ``x`` (1, C, H, W), tile by tile, once per seed (None: a baseline), float32 out.
 
     Channels-last on CPU (and with bfloat16), non-finite outputs refused, and G handed back in the memory
@@ -56,11 +59,14 @@ def _run_tiled(G: Generator, x: Tensor, seeds: list, tile: int, bf16: bool) -> l
     given = _memory_format(G)
     if bf16 or device.type == "cpu":  # oneDNN wants NHWC: bf16 4x over NCHW fp32; fp32 1.5x (12 MP, tiled)
         G.to(memory_format=torch.channels_last)
+    if qtable is not None:
+        qtable = torch.as_tensor(np.asarray(qtable, dtype=np.float32), device=device)
     outs = []
     try:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             for s in seeds or [0]:
-                out = restore_tiled(G, x, tile=tile, seed=s) if G.cfg.noise else restore_tiled(G, x, tile=tile)
+                out = (restore_tiled(G, x, tile=tile, seed=s, qtable=qtable) if G.cfg.noise
+                       else restore_tiled(G, x, tile=tile, qtable=qtable))
                 _refuse_non_finite(out)
                 outs.append(out.float())
     finally:
@@ -167,13 +173,16 @@ def restore_image(
     bf16: bool = False,
     consistency: Consistency | None = None,
     chroma: Generator | None = None,
+    qtable: np.ndarray | None = None,
 ) -> Restored:
     """Restore a decoded JPEG (grey (H, W) or RGB (H, W, 3) uint8) with a luminance model.
 
     Colour images: Y restored by ``G``; Cb/Cr kept as decoded (see the module docstring) or, with a
     ``chroma`` model, restored by it (the same for every candidate). With ``consistency``
     (from the file itself), each candidate's luminance is projected into the file's own
-    quantisation intervals, so it is a plausible original of exactly that file.
+    quantisation intervals, so it is a plausible original of exactly that file. ``qtable`` (8, 8): the file's
+    luminance table, for a model that reads it; a colour file's Y steps are JFIF levels, so the model, which
+    works on MATLAB-range Y (219/255 of the span), is given the steps in its own units.
     """
     if G.cfg.channels != 1:
         raise ValueError("restore_image expects a luminance (1-channel) model")
@@ -181,7 +190,9 @@ def restore_image(
     grey = img.ndim == 2
     # a grey JPEG's pixels are its JFIF Y; the model works on MATLAB-range Y like its training data
     y_in = img if grey else np.concatenate([jpeg.luminance(img[r]) for r in _strips(img.shape[0], COLOUR_STRIP_ROWS)])
-    ys = restore_luma(G, y_in, seeds, tile=tile, bf16=bf16)
+    if qtable is not None and not grey:
+        qtable = np.asarray(qtable, dtype=np.float64) * (219.0 / 255.0)
+    ys = restore_luma(G, y_in, seeds, tile=tile, bf16=bf16, qtable=qtable)
     cbcr = restore_chroma(chroma, img, tile=tile, bf16=bf16) if chroma is not None and not grey else None
     if cbcr is not None and consistency is not None:
         cbcr = consistency.project_chroma(cbcr)
@@ -256,13 +267,16 @@ def restore_file(
     max_pixels: int = 100_000_000,
     chroma: Generator | None = None,
     chroma_quality: int | None = None,
+    strength: float = 1.0,
 ) -> tuple[Restored, dict]:
     """Restore one file: a JPEG as it is (its own tables for consistency; EXIF orientation applied
     to the outputs), or any other image compressed first at ``quality``. Returns the candidates and
     a dict of notes (``quality_estimate``, ``orientation``, ``consistent``, ``chroma_kept``). ``chroma``: a
     chroma model for colour inputs (see :func:`restore_image`), used on 4:2:0 files (what it learnt; a non-JPEG
     input is coded 4:2:0 first) near its training quality ``chroma_quality`` (the luminance note's tolerance);
-    other files keep their decoded chroma and say why in ``chroma_kept``."""
+    other files keep their decoded chroma and say why in ``chroma_kept``. ``strength``: a model that reads the
+    quantisation table (``table_cond``) is given the file's table times ``strength`` (1: the file's own; above 1 it
+    restores as if the file had lost more, so it smooths more; below 1 less); other models ignore it."""
     from pathlib import Path
 
     from PIL import Image
@@ -275,9 +289,10 @@ def restore_file(
     with Image.open(path) as im:
         is_jpeg = im.format == "JPEG"
         notes["orientation"] = int(im.getexif().get(0x0112, 1) or 1)
-    cons = None
+    cons, qtable = None, None
     if is_jpeg:
         info = jpeg.read_jpeg_info(path)
+        qtable = info.luma_table
         notes["quality_estimate"] = estimate_ijg_quality(info.luma_table)[0]
         if chroma is not None and info.components == 3 and info.subsampling != "4:2:0":
             notes["chroma_kept"] = f"a {info.subsampling or 'unusual'} file"  # the chroma models learnt 4:2:0 files
@@ -290,6 +305,7 @@ def restore_file(
     else:
         data = jpeg.encode(img, quality)
         img = jpeg.decode(data)
+        qtable = jpeg.ijg_table(quality)
         if consistent:
             cons = Consistency.from_bytes(data)
     file_q = notes.get("quality_estimate", quality)
@@ -298,7 +314,10 @@ def restore_file(
         notes["chroma_kept"] = f"quality ~{file_q}, the chroma model's is {chroma_quality}"
         chroma = None
     notes["consistent"] = cons is not None
-    res = restore_image(G, img, seeds, tile=tile, bf16=bf16, consistency=cons, chroma=chroma)
+    if not strength > 0:
+        raise ValueError(f"strength must be positive (1: the file's own table), got {strength}")
+    res = restore_image(G, img, seeds, tile=tile, bf16=bf16, consistency=cons, chroma=chroma,
+                        qtable=qtable * strength if G.cfg.table_cond else None)
     res.candidates = [apply_orientation(c, notes["orientation"]) for c in res.candidates]
     return res, notes
 

@@ -94,10 +94,11 @@ def _psnr_of_mse(mse: float) -> float:
     return 10 * math.log10(255**2 / max(mse, 1e-10))
 
 
-def l2_step(trainer: Trainer, x: Tensor, xj: Tensor) -> dict[str, float]:
-    """The baseline's step: per-pixel MSE of G(x') against x, one Adam step."""
+def l2_step(trainer: Trainer, x: Tensor, xj: Tensor, q: Tensor | None = None) -> dict[str, float]:
+    """The baseline's step: per-pixel MSE of G(x') against x, one Adam step. ``q``: each JPEG's luminance
+    table (N, 1, 8, 8), for a G that reads it (``table_cond``)."""
     with trainer._autocast():
-        y = trainer.G_ddp(xj)
+        y = trainer.G_ddp(xj, qtable=q) if q is not None else trainer.G_ddp(xj)
     loss = _g_update(trainer, "l2", F.mse_loss(y.float(), x))
     return {"l2": loss, "psnr_batch": _psnr_of_mse(loss)}
 

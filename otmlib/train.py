@@ -35,7 +35,8 @@ from otmlib import jpeg
 from otmlib.data import CodedImage, DataConfig, JpegPatchDataset, StreamSampler
 from otmlib.losses import LossWeights, PerceptualLoss
 from otmlib.metrics import psnr, psnr_b
-from otmlib.models import (Discriminator, Generator, GeneratorConfig, add_noise_branch, fold_shift_and_average,
+from otmlib.models import (Discriminator, Generator, GeneratorConfig, add_noise_branch, add_table_conditioning,
+                           fold_shift_and_average,
                            grow_aggregation, widen_units)
 from otmlib.steps import GanConfig, GanStep, chroma_step, l2_step
 from otmlib.utils import bf16_plan, cpu_description, default_device, to_uint8_image
@@ -95,6 +96,8 @@ class TrainConfig:
         if self.data.colour and self.data.subsampling != "4:4:4" and self.mode != "chroma":
             raise ValueError(f"data.subsampling {self.data.subsampling} is for mode chroma: RGB models and the JPEG "
                              "loss assume every channel on the 8x8 grid (4:4:4)")
+        if self.gen.table_cond and self.mode != "baseline":
+            raise ValueError("gen.table_cond (a G that reads the quantisation table) is for mode baseline so far")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema is a decay in [0, 1) (0 turns the average off), got {self.ema}")
         # a copy: a GeneratorConfig shared with another TrainConfig must not change under it
@@ -345,6 +348,12 @@ class Trainer:
             self._set_ref(parent_cfg, state)  # the L2 parent, frozen: the spread target and alpha = 0
             parent = add_noise_branch(parent, self.cfg.gan.z_init_gain, seed=self.cfg.seed, noise_sigma=want.noise_sigma)
             parent_cfg, state, added_z = parent.cfg, parent.state_dict(), True
+        added_table = False
+        if want.table_cond and not parent_cfg.table_cond and dataclasses.replace(parent_cfg, table_cond=True) == want:
+            parent = Generator(parent_cfg)
+            parent.load_state_dict(state)
+            parent = add_table_conditioning(parent)  # the same function for every table, until trained
+            parent_cfg, state, added_table = parent.cfg, parent.state_dict(), True
         if parent_cfg != self.cfg.gen:
             raise ValueError(f"{path}: its network ({gen}) is not this run's ({asdict(self.cfg.gen)}); "
                              "fine-tuning needs the same generator settings")
@@ -359,6 +368,8 @@ class Trainer:
             entry["widened_units_to"] = widened
         if added_z:
             entry["added_noise_branch"] = {"z_init_gain": self.cfg.gan.z_init_gain}
+        if added_table:
+            entry["added_table_conditioning"] = True
         self.lineage = lineage + [entry]
         self.wall, self.cpu = wall, cpu
         return entry
@@ -445,7 +456,7 @@ class Trainer:
         if cfg.channels_last:
             x, xj = x.contiguous(memory_format=torch.channels_last), xj.contiguous(memory_format=torch.channels_last)
         if cfg.mode == "baseline":
-            return l2_step(self, x, xj)
+            return l2_step(self, x, xj, batch["q"].to(self.device) if cfg.gen.table_cond else None)
         if cfg.mode == "chroma":
             return chroma_step(self, x, xj)
         if cfg.gan.spread and self.G_ref is None:
@@ -502,14 +513,18 @@ class Trainer:
         def add(acc: dict, new: dict) -> dict:
             return {r: (acc[r][0] + new[r][0], acc[r][1] + new[r][1]) for r in REGIONS}
 
+        per_q: dict[int, list[tuple[float, float, float]]] = {}
         for im in self.val_images:
             xj = torch.from_numpy(im.coded[None].astype(np.float32)).to(self.device)
+            kw = {"qtable": torch.from_numpy(im.qtable[0].astype(np.float32))} if G.cfg.table_cond else {}
             seeds = range(self.VAL_CANDIDATES) if self.cfg.gen.noise else [None]
-            outs = [luma(to_uint8_image((G(xj, seed=s) if s is not None else G(xj))[0])) for s in seeds]
+            outs = [luma(to_uint8_image((G(xj, seed=s, **kw) if s is not None else G(xj, **kw))[0])) for s in seeds]
             gt, dec = luma(im.gt), luma(im.coded)
             ps.append(psnr(gt, outs[0]))
             pbs.append(psnr_b(gt, outs[0]))
             pj.append(psnr(gt, dec))
+            if self.cfg.data.qualities is not None and im.quality is not None:
+                per_q.setdefault(im.quality, []).append((ps[-1], pbs[-1], pj[-1]))
             if len(outs) > 1:
                 div = add(div, region_sums(candidate_variance(outs), gt))
                 tex.append(np.mean([texture_ratio(o, gt) for o in outs]))
@@ -520,6 +535,10 @@ class Trainer:
                 ref_err = add(ref_err, region_sums((ref - gt) ** 2, gt))
         G.train()
         rec = {"val_psnr": float(np.mean(ps)), "val_psnrb": float(np.mean(pbs)), "val_psnr_jpeg": float(np.mean(pj))}
+        for q, v in sorted(per_q.items()):  # an any-quality run: each validation quality on its own
+            a = np.asarray(v)
+            rec.update({f"val_psnr_q{q}": float(a[:, 0].mean()), f"val_psnrb_q{q}": float(a[:, 1].mean()),
+                        f"val_psnr_jpeg_q{q}": float(a[:, 2].mean())})
         if tex:  # candidates' gradient energy over the originals' (1: as detailed; the L2 baseline ~0.7)
             rec["val_texture_ratio"] = float(np.mean(tex))
         if inside:  # before any projection (the JPEG loss's work)

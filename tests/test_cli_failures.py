@@ -309,18 +309,20 @@ def test_config_values_get_their_declared_types():
 
     # what YAML 1.1 (PyYAML) reads from `lr: 1e-4`, `quality: '10'`, `scales: [1, 0.75]`
     cfg = TrainConfig.from_dict({"lr": "1e-4", "steps": "1e4", "data": {"quality": "10", "scales": [1, "0.75"],
-                                                                        "colour": "false"},
+                                                                        "colour": "false", "qualities": ["5", 95]},
                                  "gen": {"width": 8.0}, "gan": {"spread_floor": 2}})
     assert cfg.lr == 1e-4 and isinstance(cfg.lr, float)
     assert cfg.steps == 10_000 and isinstance(cfg.steps, int)
     assert cfg.data.quality == 10 and isinstance(cfg.data.quality, int)
     assert cfg.data.scales == (1.0, 0.75) and cfg.data.colour is False
+    assert cfg.data.qualities == (5, 95) and all(isinstance(q, int) for q in cfg.data.qualities)  # a fixed-length tuple
     assert cfg.gen.width == 8 and isinstance(cfg.gen.width, int)
     assert cfg.gan.spread_floor == 2.0 and isinstance(cfg.gan.spread_floor, float)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # a checkpoint's saved config reads back the same
     for bad, key in (({"steps": 2.5}, "steps"), ({"bf16": "maybe"}, "bf16"), ({"gen": {"width": True}}, "gen.width"),
                      ({"data": {"scales": 1.0}}, "data.scales"), ({"backbone": 3}, "backbone"),
-                     ({"lr": float("nan")}, "lr")):
+                     ({"lr": float("nan")}, "lr"), ({"data": {"qualities": [5, 9.5]}}, r"data.qualities\[1\]"),
+                     ({"data": {"qualities": [5]}}, "data.qualities")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             TrainConfig.from_dict(bad)
 

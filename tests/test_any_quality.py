@@ -1,0 +1,172 @@
+"""One model for every JPEG (issue 19): coding with any table, per-patch coding, table conditioning, strength."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from otmlib import jpeg
+from otmlib.data import DataConfig, JpegPatchDataset, VAL_QUALITIES, coded_versions, random_table, validation_versions
+from otmlib.models import Generator, GeneratorConfig, PreActResidualUnit, add_table_conditioning, table_features
+
+
+@pytest.mark.parametrize("q", [5, 50, 95])
+def test_encode_with_table_decodes_like_the_ijg_quality(camera, q):
+    a = jpeg.decode(jpeg.encode_with_table(camera, jpeg.ijg_table(q)))
+    assert np.array_equal(a, jpeg.compress(camera, q).pixels)
+    # the file carries the table it was given (natural order), also one no IJG quality writes
+    t = jpeg.ijg_table(q).copy()
+    t[0, 1], t[7, 7] = 3, 200
+    with __import__("PIL.Image").Image.open(__import__("io").BytesIO(jpeg.encode_with_table(camera, t))) as im:
+        assert np.array_equal(jpeg._info_from_image(im, "x").luma_table, t)
+
+
+def test_encode_with_table_refuses_bad_tables(camera):
+    for bad in (np.zeros((8, 8), int), np.full((8, 8), 256), np.ones((4, 4), int)):
+        with pytest.raises(ValueError, match="8x8 steps in 1..255"):
+            jpeg.encode_with_table(camera, bad)
+
+
+def test_a_patch_coded_alone_has_the_whole_images_blocks(camera):
+    """Every patch (on and off the 8x8 grid, at the image's edges too) equals the same crop of the whole image
+    coded with the patch's table: the crop is found by matching the ground truth, not by re-deriving the RNG."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    y = np.ascontiguousarray(camera[:120, :104])  # small: the brute-force search below stays cheap
+    cfg = DataConfig(patch=32, qualities=(5, 95), table_jitter=0.5, aligned_fraction=0.3, augment=False)
+    ds = JpegPatchDataset(coded_versions("cam", y, cfg), cfg)
+    windows = sliding_window_view(y.astype(np.float32), (32, 32))
+    seen_off_grid = 0
+    for i in range(30):
+        b = ds[i]
+        x, q = b["x"][0].numpy(), b["q"][0].numpy().astype(np.int64)
+        hits = np.argwhere((windows == x).all(axis=(2, 3)))
+        assert len(hits) == 1
+        top, left = hits[0]
+        seen_off_grid += bool(top % 8 or left % 8)
+        whole = jpeg.decode(jpeg.encode_with_table(y, q)).astype(np.float32)
+        assert np.array_equal(b["jpeg"][0].numpy(), whole[top:top + 32, left:left + 32]), (i, top, left)
+    assert seen_off_grid > 5
+
+
+def test_random_table_draws_log_uniform_qualities_and_valid_tables():
+    rng = np.random.default_rng(0)
+    draws = [random_table(rng, (5, 95), 0.0) for _ in range(4000)]
+    qs = np.array([q for _, q in draws])
+    assert qs.min() >= 5 and qs.max() <= 95
+    assert all(np.array_equal(t, jpeg.ijg_table(q)) for t, q in draws[:200])  # jitter 0: the IJG tables
+    # log-uniform: P(q <= 10) = log(10.5 / 5) / log(95.5 / 5) with the rounding, about 0.25
+    expected = math.log(10.5 / 5) / math.log(95.5 / 5)
+    assert abs((qs <= 10).mean() - expected) < 0.03
+    jittered = [random_table(rng, (5, 95), 1.0) for _ in range(200)]
+    assert all(t.min() >= 1 and t.max() <= 255 and t.dtype == np.int64 for t, _ in jittered)
+    assert np.mean([not np.array_equal(t, jpeg.ijg_table(q)) for t, q in jittered]) > 0.95
+
+
+def test_validation_codes_every_held_out_image_at_every_quality(camera):
+    cfg = DataConfig(patch=32, qualities=(5, 95))
+    held = coded_versions("cam", camera[:64, :64], cfg)
+    assert held[0].coded is None  # coded patch by patch in training
+    val = validation_versions(held, cfg)
+    assert [v.quality for v in val] == list(VAL_QUALITIES)
+    for v in val:
+        assert np.array_equal(v.coded[0], jpeg.compress(camera[:64, :64], v.quality).pixels)
+        assert np.array_equal(v.qtable[0], jpeg.ijg_table(v.quality))
+
+
+def test_table_features_are_log_steps():
+    q = torch.tensor(jpeg.ijg_table(50), dtype=torch.float32)
+    f = table_features(q[None])
+    assert f.shape == (1, 64)
+    assert torch.allclose(f[0], torch.log(q.flatten()) / math.log(16) - 1)
+    assert float(table_features(torch.full((1, 8, 8), 16.0)).abs().max()) == 0.0
+    with pytest.raises(ValueError, match="64 steps"):
+        table_features(torch.ones(1, 7, 8))
+
+
+def test_film_scales_and_shifts_a_units_residual():
+    torch.manual_seed(0)
+    unit = PreActResidualUnit(4).eval()
+    x = torch.randn(2, 4, 5, 5)
+    film = torch.randn(2, 2, 4)
+    by_hand = x + unit.body(x) * (1 + film[:, 0, :, None, None]) + film[:, 1, :, None, None]
+    assert torch.allclose(unit(x, film), by_hand)
+    assert torch.equal(unit(x, torch.zeros(2, 2, 4)), unit(x))
+
+
+def test_table_conditioning_starts_as_the_parent_and_then_reads_the_table():
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig(width=8, branch_units=1, agg_units=2, noise=False)).eval()
+    H = add_table_conditioning(G).eval()
+    x = torch.rand(2, 1, 40, 48) * 255
+    for q in (5, 50, 95):
+        assert torch.equal(H(x, qtable=torch.tensor(jpeg.ijg_table(q), dtype=torch.float32)), G(x))
+    with pytest.raises(ValueError, match="pass qtable"):
+        H(x)
+    with pytest.raises(ValueError, match="already reads"):
+        add_table_conditioning(H)
+    assert torch.equal(G(x, qtable=torch.ones(8, 8)), G(x))  # a G without it ignores the table
+    with torch.no_grad():
+        H.table_film.mlp[-1].weight.normal_(0, 0.1)
+    t5, t95 = (torch.tensor(jpeg.ijg_table(q), dtype=torch.float32) for q in (5, 95))
+    assert not torch.allclose(H(x, qtable=t5), H(x, qtable=t95))
+    both = H(x, qtable=torch.stack([t5, t95]))  # one table per image
+    assert torch.allclose(both[0], H(x[:1], qtable=t5)[0], atol=1e-4)
+    assert torch.allclose(both[1], H(x[1:], qtable=t95)[0], atol=1e-4)
+
+
+def test_init_from_a_baseline_adds_the_conditioning(tmp_path, camera):
+    from otmlib.data import code_image
+    from otmlib.train import TrainConfig, Trainer
+
+    gen = GeneratorConfig(width=8, branch_units=1, agg_units=1)
+    imgs = [code_image("camera", camera, 10, False)]
+    parent = Trainer(TrainConfig(mode="baseline", gen=gen, data=DataConfig(patch=32), batch_size=2, steps=2,
+                                 out=str(tmp_path / "a"), bf16=False, log_every=1, val_every=10**9), imgs,
+                     progress=False)
+    parent.fit()
+    any_cfg = TrainConfig(mode="baseline", gen=GeneratorConfig(width=8, branch_units=1, agg_units=1, table_cond=True),
+                          data=DataConfig(patch=32, qualities=(5, 95)), batch_size=2, steps=2, bf16=False,
+                          out=str(tmp_path / "b"), log_every=1, val_every=10**9)
+    t = Trainer(any_cfg, coded_versions("camera", camera, any_cfg.data), progress=False)
+    entry = t.init_from(tmp_path / "a" / "last.pt")
+    assert entry["added_table_conditioning"] is True
+    x = torch.rand(1, 1, 32, 32) * 255
+    parent.G.eval(), t.G.eval()
+    assert torch.equal(t.G(x, qtable=torch.full((8, 8), 7.0)), parent.G(x))
+    t.fit()  # trains on per-patch tables
+    assert t.step == 2
+
+
+def test_restore_file_gives_the_model_the_files_table_times_strength(tmp_path, camera, chelsea, monkeypatch):
+    from otmlib import restore
+
+    G = add_table_conditioning(Generator(GeneratorConfig(width=8, branch_units=1, agg_units=1, noise=False))).eval()
+    seen = []
+    real = restore.restore_luma
+
+    def spy(G_, y, seeds=None, **kw):
+        seen.append(np.asarray(kw["qtable"], dtype=np.float64))
+        return real(G_, y, seeds, **kw)
+
+    monkeypatch.setattr(restore, "restore_luma", spy)
+    t = jpeg.ijg_table(30).copy()
+    t[2, 3] = 77  # a table no IJG quality writes
+    grey = tmp_path / "g.jpg"
+    grey.write_bytes(jpeg.encode_with_table(camera[:64, :64], t))
+    restore.restore_file(G, grey)
+    restore.restore_file(G, grey, strength=2.0)
+    assert np.array_equal(seen[0], t) and np.array_equal(seen[1], 2 * t)
+    colour = tmp_path / "c.jpg"
+    colour.write_bytes(jpeg.encode(chelsea[:64, :64], 30))
+    restore.restore_file(G, colour)  # the colour path restores MATLAB-range Y: steps in its units
+    assert np.allclose(seen[2], jpeg.ijg_table(30) * 219 / 255)
+    png = tmp_path / "p.png"
+    __import__("PIL.Image").Image.fromarray(camera[:64, :64]).save(png)
+    restore.restore_file(G, png, quality=20)
+    assert np.array_equal(seen[3], jpeg.ijg_table(20))
+    with pytest.raises(ValueError, match="strength must be positive"):
+        restore.restore_file(G, grey, strength=0)
