@@ -32,6 +32,16 @@ def _alpha(text: str) -> float:
     return v
 
 
+def _strength(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number (1 = the file's own table), got {text!r}") from None
+    if not 0.0 < v <= 16.0:  # nan fails too
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 16] (1 = the file's own table), got {v}")
+    return v
+
+
 MIN_TILE = 64  # restore_luma blends tiles over a 32-pixel overlap, which must fit in half a tile
 SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1 (negatives alias these)
 
@@ -311,6 +321,9 @@ def _network_changes(e: dict) -> str:
     return "".join(f"; {p}" for p in parts)
 
 
+ANY_QUALITY_SCORED = [5, 10, 20]  # what `otm export --evaluate` scores an any-quality model at (the per-quality models')
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from otmlib.train import load_checkpoint
     from otmlib.zoo import export_generator
@@ -329,10 +342,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     elif args.evaluate:  # measure the exported file itself, then record the scores in it
         from otmlib.evaluate import evaluate, model_restorer
 
-        q = int(ck["config"]["data"]["quality"])
-        rep = evaluate(args.evaluate, q, model_restorer(str(out)), progress=True)
-        scores[f"{Path(args.evaluate).name} Q{q}"] = {k: round(v, 4) if isinstance(v, float) else v
-                                                     for k, v in rep.summary().items() if k in ("n", "psnr", "ssim", "psnrb", "edge_ratio")}
+        # an any-quality model (issue 19): at the qualities of the per-quality baselines, to compare with them
+        qs = ANY_QUALITY_SCORED if ck["config"]["data"].get("qualities") else [int(ck["config"]["data"]["quality"])]
+        restorer = model_restorer(str(out))
+        for q in qs:
+            rep = evaluate(args.evaluate, q, restorer, progress=True)
+            scores[f"{Path(args.evaluate).name} Q{q}"] = {
+                "quality": q, **{k: round(v, 4) if isinstance(v, float) else v
+                                 for k, v in rep.summary().items() if k in ("n", "psnr", "ssim", "psnrb", "edge_ratio")}}
         out = export_generator(ck, out, data_description=data["description"], data_sha256=data["sha256"],
                                scores=scores, force=True)
         print(f"scores: {scores}")
@@ -436,14 +453,18 @@ def _restore_inputs(inputs: list[str], out_dir: Path, model_names: set[str]) -> 
     return [f for f in files if unique.get(f.resolve()) is f]
 
 
-def _plan_outputs(files: list[Path], out_dir: Path, model_name: str, seeds: list[int | None]) -> list[list[Path]]:
+def _plan_outputs(files: list[Path], out_dir: Path, model_name: str | list[str],
+                  seeds: list[int | None] | list[list[int | None]]) -> list[list[Path]]:
     """Output paths for each input, all different: two inputs named alike (a/x.jpg, b/x.jpg, x.jpeg) must
     not overwrite each other's outputs. The later one gets NAME-2 (then -3, ...), in input order, so
     rerunning a command names its outputs the same way; compared without case (macOS, Windows file systems).
+    ``model_name`` and ``seeds``: one for all inputs, or a list with one per input (models chosen per file).
     """
     claimed: dict[str, Path] = {}  # output name (case-folded) -> the input it belongs to
     plans = []
-    for f in files:
+    names = model_name if isinstance(model_name, list) else [model_name] * len(files)
+    seed_lists = seeds if seeds and isinstance(seeds[0], list) else [seeds] * len(files)
+    for f, model_name, seeds in zip(files, names, seed_lists):
         k, clash = 1, None
         while True:
             stem = f.stem if k == 1 else f"{f.stem}-{k}"
@@ -542,6 +563,21 @@ def _chroma_model(name: str | None, device):
     return load_chroma_model(name, device), read_release(name).quality
 
 
+DEFAULT_MODEL = "one-to-many-q10"  # otm restore without --model
+ANY_QUALITY_MODEL = "baseline-any"  # ... and for files the default model did not learn (issue 19), when it ships
+
+
+def _file_quality(f: Path, quality: int | None) -> int | None:
+    """The IJG quality a JPEG's luminance table corresponds to; ``--quality`` for other images; None if unreadable."""
+    from otmlib.jpeg import read_jpeg_info
+    from otmlib.restore import estimate_ijg_quality
+
+    try:
+        return estimate_ijg_quality(read_jpeg_info(f).luma_table)[0]
+    except (ValueError, OSError):  # not a JPEG (or not readable: restoring it will say why)
+        return quality
+
+
 def _cmd_restore(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -549,31 +585,55 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from otmlib.utils import bf16_plan, default_device
     from otmlib.zoo import load_generator, read_release, shipped
 
-    G, _ = load_generator(args.model, default_device(), alpha=args.alpha)
+    default = args.model or DEFAULT_MODEL
+    # without --model, files far from the default model's quality go to the any-quality model when one ships
+    fallback = ANY_QUALITY_MODEL if args.model is None and ANY_QUALITY_MODEL in shipped() else None
+    loaded: dict[str, tuple] = {}  # model -> (G, its release info, output name)
+
+    def model(name: str) -> tuple:
+        if name not in loaded:
+            info = read_release(name)
+            alpha = args.alpha if (name == default or info.mode == "one-to-many") else None
+            G, _ = load_generator(name, default_device(), alpha=alpha)
+            loaded[name] = (G, info, Path(str(name)).stem + (f"_a{alpha:g}" if alpha is not None else ""))
+        return loaded[name]
+
+    G, info, model_name = model(default)  # a bad --model or --alpha stops here, before any file
     C, C_q = _chroma_model(args.chroma, default_device())
     if args.bf16 and not bf16_plan(True, default_device())[0]:
         print(f"otm: --bf16 not used: {bf16_plan(True, default_device())[1]}", file=sys.stderr)
-    model_name = Path(str(args.model)).stem + (f"_a{args.alpha:g}" if args.alpha is not None else "")
-    trained_q = read_release(args.model).quality
+    if args.strength != 1.0 and not info.reads_table and fallback is None:
+        print(f"otm: note: --strength {args.strength:g} ignored: {model_name} does not read the quantisation table "
+              f"(the any-quality model does)", file=sys.stderr)
     seeds = [args.seed + i for i in range(args.n)]
     if not G.cfg.noise and args.n > 1:
         print(f"otm: {model_name} is a baseline (one output per image); -n {args.n} ignored", file=sys.stderr)
     out_dir = Path(args.output)
     created = _make_output_folder(out_dir)
-    files = _restore_inputs(args.inputs, out_dir, set(shipped()) | {Path(str(args.model)).stem})
-    plans = _plan_outputs(files, out_dir, model_name, seeds if G.cfg.noise else [None])
+    files = _restore_inputs(args.inputs, out_dir, set(shipped()) | {Path(str(default)).stem})
+    qualities = [_file_quality(f, args.quality) for f in files]
+    choice = [fallback if fallback and q is not None and not info.covers(q) else default for q in qualities]
+    if fallback in choice and not args.quiet:
+        moved = [f for f, c in zip(files, choice) if c == fallback]
+        print(f"otm: note: {len(moved)} file(s) (e.g. {moved[0]}, quality ~{qualities[choice.index(fallback)]}) are "
+              f"far from {model_name}'s quality {info.quality}: restored with {fallback}, the model for any quality "
+              f"(one output each; --model {default} forces the default)", file=sys.stderr)
+    plans = _plan_outputs(files, out_dir, [model(c)[2] for c in choice],
+                          [seeds if model(c)[0].cfg.noise else [None] for c in choice])
     failures: list[str] = []
     written = 0
     quality_noted = chroma_noted = False
-    for f, targets in zip(tqdm(files, desc="restoring", unit="img", disable=len(files) < 2 or args.quiet), plans):
+    for f, targets, name, q_est in zip(tqdm(files, desc="restoring", unit="img", disable=len(files) < 2 or args.quiet),
+                                       plans, choice, qualities):
         made: list[Path] = []
+        G, info, model_name = model(name)
         try:
             clash = [t for t in targets if t.exists()]
             if clash and not args.force:
                 raise ValueError(f"{clash[0]} exists; pass --force to overwrite")
             res, notes = restore_file(G, f, seeds, quality=args.quality, consistent=not args.no_project,
                                       tile=args.tile, bf16=args.bf16, max_pixels=args.max_pixels, chroma=C,
-                                      chroma_quality=C_q)
+                                      chroma_quality=C_q, strength=args.strength)
             if notes.get("chroma_kept") and not chroma_noted and not args.quiet:
                 print(f"otm: note: {f} ({notes['chroma_kept']}): its chroma is kept as decoded (the chroma model "
                       "restores 4:2:0 files at its own quality)", file=sys.stderr)
@@ -583,9 +643,11 @@ def _cmd_restore(args: argparse.Namespace) -> int:
                 print(f"otm: note: --quality {args.quality} ignored for JPEG inputs such as {f}: a JPEG is "
                       "restored as it is (--quality compresses non-JPEG inputs first)", file=sys.stderr)
                 quality_noted = True
-            if q_est is not None and abs(q_est - trained_q) > max(3, trained_q // 2) and not args.quiet:
-                print(f"otm: note: {f} looks like JPEG quality ~{q_est}; {model_name} was trained for "
-                      f"quality {trained_q} (one model per quality, the paper's stated limitation)", file=sys.stderr)
+            if q_est is not None and not info.covers(q_est) and not args.quiet:
+                learnt = (f"qualities {info.qualities[0]}-{info.qualities[1]}" if info.qualities
+                          else f"quality {info.quality} (one model per quality, the paper's stated limitation)")
+                print(f"otm: note: {f} looks like JPEG quality ~{q_est}; {model_name} was trained for {learnt}",
+                      file=sys.stderr)
             for t, c in zip(targets, res.candidates):
                 _write_png(c, t, force=args.force)
                 made.append(t)
@@ -677,7 +739,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("inputs", nargs="+", help="JPEG files or folders")
     r.add_argument("-o", "--output", required=True, help="output folder")
-    r.add_argument("--model", default="one-to-many-q10", help="shipped name (see `otm models`) or a .safetensors")
+    r.add_argument("--model", default=None, help=f"shipped name (see `otm models`) or a .safetensors; default "
+                   f"{DEFAULT_MODEL}, and {ANY_QUALITY_MODEL} (when it ships) for files far from quality 10")
+    r.add_argument("--strength", type=_strength, default=1.0,
+                   help="a model that reads the file's quantisation table (baseline-any) is given the table times "
+                   "this: 1 = the file's own (default), above 1 smooths more, below 1 less")
     r.add_argument("-n", type=_positive_int, default=1, help="candidates per image (one-to-many models)")
     r.add_argument("--alpha", type=_alpha, default=None,
                    help="fidelity <-> naturalness (ESRGAN's network interpolation): 0 = the L2 baseline the "

@@ -112,14 +112,19 @@ class EvalReport:
         return [asdict(s) for s in self.scores]
 
 
-def score_image(y: np.ndarray, quality: int, restorer: Restorer) -> dict[str, float]:
+def score_image(y: np.ndarray, quality: int, restorer: Restorer, table: np.ndarray | None = None) -> dict[str, float]:
     """Compress 8-bit luminance ``y`` at ``quality``, restore it, and score it against ``y``.
 
     PSNR, SSIM, PSNR-B (Table 2) and the output's block-edge ratio (:func:`block_edge_ratio`, the
-    D_B / D_Bc behind PSNR-B's penalty), which says how much blocking is left.
+    D_B / D_Bc behind PSNR-B's penalty), which says how much blocking is left. ``table``: code with this
+    luminance table instead of IJG ``quality``'s (a camera's or an editor's own; ``quality`` is then unused).
     """
-    comp = jpeg.compress(y, quality)
-    out = restorer(comp.pixels, comp.luma_table)
+    if table is not None:
+        decoded, used = jpeg.decode(jpeg.encode_with_table(y, table)), np.asarray(table)
+    else:
+        comp = jpeg.compress(y, quality)
+        decoded, used = comp.pixels, comp.luma_table
+    out = restorer(decoded, used)
     if out.shape != y.shape or out.dtype != np.uint8:
         raise RuntimeError(f"restorer returned {out.dtype} {out.shape}, expected uint8 {y.shape}")
     return {**all_metrics(y, out), "edge_ratio": block_edge_ratio(out)}
@@ -254,6 +259,48 @@ def table2_rows(
         ours[(q, "Baseline")] = evaluate(test_dir, q, model_restorer(name), limit=limit, progress=progress).summary()
         cpu_hours[(q, "Baseline")] = info.cpu_hours
     return ours, cpu_hours
+
+
+def quality_sweep(
+    data: str | Path,
+    codings: Sequence[int | tuple[str, np.ndarray]],
+    methods: Sequence[tuple[str, Restorer, Sequence[int] | None]],
+    *,
+    limit: int | None = None,
+    progress: bool = True,
+):
+    """The luminance protocol of :func:`evaluate` over many codings at once (issue 19, "one model for every JPEG").
+
+    ``codings``: IJG qualities, or ``(label, table)`` pairs for other luminance tables. ``methods``: ``(name,
+    restorer, qualities)``; a method runs on the IJG qualities it lists (None: on every coding), so a per-quality
+    model is scored at its own quality only. The JPEG itself is always scored. Returns a pandas DataFrame, one
+    row per (coding, method): mean ``psnr``, ``ssim``, ``psnrb`` over the images and the gains over the JPEG's
+    (``gain_psnr``, ``gain_psnrb``); unreadable images are skipped and counted in ``n`` as missing.
+    """
+    import pandas as pd
+
+    rows: dict[tuple[str, str], list[dict]] = {}
+    files = list_images(data)[:limit]
+    for path in tqdm(files, desc="quality sweep", unit="img", disable=not progress):
+        try:
+            y = jpeg.luminance(load_image(path, exif=False, min_side=11))
+        except ImageError:
+            continue
+        for c in codings:
+            label, q, table = (f"Q{c}", c, None) if isinstance(c, int) else (c[0], 0, np.asarray(c[1]))
+            for name, restorer, qs in [("JPEG", _identity, None), *methods]:
+                if qs is not None and (table is not None or q not in qs):
+                    continue
+                rows.setdefault((label, name), []).append(score_image(y, q or 50, restorer, table))
+    out = []
+    for (label, name), scores in rows.items():
+        mean = {k: float(np.mean([s[k] for s in scores])) for k in ("psnr", "ssim", "psnrb")}
+        out.append({"coding": label, "method": name, "n": len(scores), **mean})
+    df = pd.DataFrame(out)
+    jpeg_rows = df[df.method == "JPEG"].set_index("coding")
+    df["gain_psnr"] = df.psnr - df.coding.map(jpeg_rows.psnr)
+    df["gain_psnrb"] = df.psnrb - df.coding.map(jpeg_rows.psnrb)
+    return df
 
 
 # Table 2 of the paper as printed: (quality, approach) -> (PSNR dB, SSIM, PSNR-B dB)

@@ -165,6 +165,9 @@ class NoiseExplorer:
         self._full_model = self.model
         self._l2_parent = l2_parent.eval() if l2_parent is not None else None
         self.alpha = 1.0
+        self.strength = 1.0  # a model that reads the table is given qtable x strength (set_strength)
+        if model.cfg.table_cond and qtable is None:
+            raise ValueError("this model reads the JPEG's quantisation table: pass qtable= (the file's table)")
         self.decoded = decoded
         self.ground_truth = ground_truth
         self.qtable = qtable
@@ -195,11 +198,13 @@ class NoiseExplorer:
         seed_a = int(seed_a)
         seed_b = seed_a if seed_b is None else int(seed_b)
         t = float(t)
-        key = (seed_a, seed_b, round(t, 6), self.mode, self.alpha)
+        key = (seed_a, seed_b, round(t, 6), self.mode, self.alpha, self.strength)
         out = self._candidates.get(key)
         if out is None:
             z = interpolate_noise(self.noise(seed_a), self.noise(seed_b), t, self.mode)
-            y = restore_tiled(self.model, self._x, tile=self.tile, z=z)
+            table = (torch.as_tensor(np.asarray(self.qtable, dtype=np.float32) * self.strength, device=self.device)
+                     if self.model.cfg.table_cond else None)
+            y = restore_tiled(self.model, self._x, tile=self.tile, z=z, qtable=table)
             out = to_uint8_image(y[0, 0].float())
             self._candidates[key] = out
             while len(self._candidates) > self.cache_size:
@@ -223,6 +228,21 @@ class NoiseExplorer:
             self.model = (self._full_model if alpha == 1.0
                           else interpolate_generators(self._l2_parent, self._full_model, alpha).eval())
             self.alpha = alpha
+
+    @property
+    def reads_table(self) -> bool:
+        """Whether the model reads the quantisation table, so that :meth:`set_strength` means something."""
+        return bool(self.model.cfg.table_cond)
+
+    def set_strength(self, strength: float) -> None:
+        """Give a model that reads the table (issue 19) the file's table times ``strength`` (1: the file's own;
+        above 1 it restores as if more was lost). ``strength`` joins the cache key."""
+        strength = float(strength)
+        if not strength > 0:
+            raise ValueError(f"strength must be positive, got {strength}")
+        if strength != 1.0 and not self.reads_table:
+            raise ValueError("set_strength needs a model that reads the quantisation table (table_cond)")
+        self.strength = strength
 
     crop = staticmethod(crop)
 

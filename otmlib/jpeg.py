@@ -57,6 +57,31 @@ IJG_CHROMA = np.array(
 )
 
 
+# The luminance table by N. Robidoux that ImageMagick writes and mozjpeg's cjpeg uses by default (its table 3),
+# natural order. Scaled by quality as libjpeg scales Annex K's (scaled_table): a common non-IJG table.
+ROBIDOUX_LUMA = np.array(
+    [
+        [16, 16, 16, 18, 25, 37, 56, 85],
+        [16, 17, 20, 27, 34, 40, 53, 75],
+        [16, 20, 24, 31, 43, 62, 91, 135],
+        [18, 27, 31, 40, 53, 74, 106, 156],
+        [25, 34, 43, 53, 69, 94, 131, 189],
+        [37, 40, 62, 74, 94, 124, 169, 238],
+        [56, 53, 91, 106, 131, 169, 226, 311],
+        [85, 75, 135, 156, 189, 238, 311, 418],
+    ],
+    dtype=np.int64,
+)
+
+
+def scaled_table(base: np.ndarray, quality: int) -> np.ndarray:
+    """``base`` scaled to ``quality`` as libjpeg's jpeg_set_quality scales a table (baseline: steps 1..255)."""
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return np.clip((np.asarray(base, dtype=np.int64) * scale + 50) // 100, 1, 255)
+
+
 def ijg_table(quality: int, chroma: bool = False) -> np.ndarray:
     """The quantisation table libjpeg's ``jpeg_set_quality(q, force_baseline=TRUE)`` writes.
 
@@ -64,9 +89,7 @@ def ijg_table(quality: int, chroma: bool = False) -> np.ndarray:
     """
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
-    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
-    base = IJG_CHROMA if chroma else IJG_LUMA
-    return np.clip((base * scale + 50) // 100, 1, 255)
+    return scaled_table(IJG_CHROMA if chroma else IJG_LUMA, quality)
 
 
 # --------------------------------------------------------------------------------------------

@@ -129,6 +129,24 @@ class ReleaseInfo:
     weights: str
     has_l2_parent: bool
 
+    @property
+    def qualities(self) -> tuple[int, int] | None:
+        """The JPEG qualities it was trained on when it learnt a range (an any-quality model), else None."""
+        q = self.train_config.get("data", {}).get("qualities")
+        return (int(q[0]), int(q[1])) if q else None
+
+    @property
+    def reads_table(self) -> bool:
+        """Whether G reads the file's quantisation table (``table_cond``; ``otm restore --strength`` scales it)."""
+        return bool(self.gen_config.get("table_cond"))
+
+    def covers(self, quality: int) -> bool:
+        """Whether a file of (estimated IJG) ``quality`` is what it learnt: inside its range, or near its one
+        quality (within max(3, quality / 2): measured, a Q10 model harms Q60 and Q90 files)."""
+        if self.qualities:
+            return self.qualities[0] <= quality <= self.qualities[1]
+        return abs(quality - self.quality) <= max(3, self.quality // 2)
+
 
 def read_release(path: str | Path) -> ReleaseInfo:
     """:class:`ReleaseInfo` of a release file (a shipped name or a path)."""

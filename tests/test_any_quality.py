@@ -170,3 +170,87 @@ def test_restore_file_gives_the_model_the_files_table_times_strength(tmp_path, c
     assert np.array_equal(seen[3], jpeg.ijg_table(20))
     with pytest.raises(ValueError, match="strength must be positive"):
         restore.restore_file(G, grey, strength=0)
+
+
+def test_quality_sweep_scores_each_method_where_it_applies(tmp_path, camera):
+    from PIL import Image
+
+    from otmlib.evaluate import _identity, evaluate, quality_sweep
+
+    for i, crop in enumerate([camera[:96, :128], camera[200:296, 100:228]]):
+        Image.fromarray(crop).save(tmp_path / f"{i}.png")
+    calls = []
+
+    def spy(decoded, table):
+        calls.append(np.asarray(table).copy())
+        return decoded
+
+    moz = jpeg.scaled_table(jpeg.ROBIDOUX_LUMA, 50)
+    df = quality_sweep(tmp_path, [10, 40, ("mozjpeg Q50", moz)],
+                       [("all", spy, None), ("q10 only", _identity, [10])], progress=False)
+    got = {(r.coding, r.method) for r in df.itertuples()}
+    assert got == {("Q10", "JPEG"), ("Q40", "JPEG"), ("mozjpeg Q50", "JPEG"), ("Q10", "all"), ("Q40", "all"),
+                   ("mozjpeg Q50", "all"), ("Q10", "q10 only")}
+    ref = evaluate(tmp_path, 40, "jpeg", progress=False).summary()
+    row = df[(df.coding == "Q40") & (df.method == "JPEG")].iloc[0]
+    assert row.psnr == pytest.approx(ref["psnr"]) and row.psnrb == pytest.approx(ref["psnrb"]) and row.n == 2
+    assert np.allclose(df.gain_psnr, 0) and np.allclose(df.gain_psnrb, 0)  # every method here returns the JPEG
+    # the restorer is handed each coding's own table
+    assert any(np.array_equal(t, moz) for t in calls) and any(np.array_equal(t, jpeg.ijg_table(40)) for t in calls)
+
+
+def test_robidoux_table_scales_like_libjpeg():
+    # libjpeg: scale 5000 / q below 50, 200 - 2q above; (base x scale + 50) / 100, clipped to 1..255
+    assert np.array_equal(jpeg.scaled_table(jpeg.ROBIDOUX_LUMA, 50), jpeg.ROBIDOUX_LUMA.clip(1, 255))
+    assert jpeg.scaled_table(jpeg.ROBIDOUX_LUMA, 75)[0, 0] == (16 * 50 + 50) // 100 == 8
+    assert jpeg.scaled_table(jpeg.ROBIDOUX_LUMA, 10)[7, 7] == 255
+    assert np.array_equal(jpeg.scaled_table(jpeg.IJG_LUMA, 37), jpeg.ijg_table(37))
+
+
+# ------------------------------------------------------------------ otm restore: the model per file, --strength
+needs_any = pytest.mark.skipif("baseline-any" not in __import__("otmlib.zoo", fromlist=["shipped"]).shipped(),
+                               reason="baseline-any does not ship in this checkout")
+
+
+@needs_any
+def test_restore_without_model_sends_far_qualities_to_the_any_quality_model(tmp_path, camera, capsys):
+    from PIL import Image
+
+    from otmlib.cli import main
+
+    for name, q in (("low", 10), ("high", 60)):
+        Image.fromarray(camera[:64, :64]).save(tmp_path / f"{name}.jpg", quality=q)
+    out = tmp_path / "out"
+    assert main(["restore", str(tmp_path / "low.jpg"), str(tmp_path / "high.jpg"), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["high_baseline-any.png", "low_one-to-many-q10_seed0.png"]
+    assert "restored with baseline-any" in err and "high.jpg" in err
+    # --model forces one model for all, and says that the far file is outside what it learnt
+    forced = tmp_path / "forced"
+    assert main(["restore", str(tmp_path / "high.jpg"), "-o", str(forced), "--model", "one-to-many-q10"]) == 0
+    assert [p.name for p in forced.iterdir()] == ["high_one-to-many-q10_seed0.png"]
+    assert "trained for quality 10" in capsys.readouterr().err
+
+
+@needs_any
+def test_strength_changes_what_the_any_quality_model_does(tmp_path, camera, capsys):
+    from PIL import Image
+
+    from otmlib.cli import main
+
+    src = tmp_path / "x.jpg"
+    Image.fromarray(camera[100:228, 100:228]).save(src, quality=40)
+    outs = {}
+    for s in ("1", "3"):
+        d = tmp_path / f"s{s}"
+        assert main(["restore", str(src), "-o", str(d), "--model", "baseline-any", "--strength", s, "--quiet",
+                     "--no-project"]) == 0
+        outs[s] = np.asarray(Image.open(d / "x_baseline-any.png")).astype(float)
+    jpg = np.asarray(Image.open(src)).astype(float)
+    # a larger table asks for more restoration: the output moves further from the JPEG
+    assert np.abs(outs["3"] - jpg).mean() > np.abs(outs["1"] - jpg).mean()
+    with pytest.raises(SystemExit):
+        main(["restore", str(src), "-o", str(tmp_path / "bad"), "--strength", "0"])
+    assert "expected a number in (0, 16]" in capsys.readouterr().err
+    assert main(["restore", str(src), "-o", str(tmp_path / "b"), "--model", "baseline-q10", "--strength", "2"]) == 0
+    assert "--strength 2 ignored" in capsys.readouterr().err

@@ -57,3 +57,19 @@ def test_every_stage_can_be_retrained_or_fetched(name):
         if shallow.returncode == 0 and shallow.stdout.strip() == "false":
             held = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{WEIGHTS_IN_GIT[src]}:{src}"])
             assert held.returncode == 0, f"{name}: commit {WEIGHTS_IN_GIT[src]} does not hold {src}"
+
+
+def test_every_experiment_has_a_readable_config_and_a_row():
+    """experiments/NAME holds a config that still parses (so its header's rerun command works) and the README
+    gives it a row (what it tested, the verdict)."""
+    import yaml
+
+    from otmlib.train import TrainConfig
+
+    readme = (ROOT / "experiments" / "README.md").read_text()
+    folders = sorted(p for p in (ROOT / "experiments").iterdir() if p.is_dir())
+    assert folders
+    for d in folders:
+        TrainConfig.from_dict(yaml.safe_load((d / "config.yaml").read_text()))
+        assert (d / "log.jsonl").exists(), d.name
+        assert f"| {d.name} |" in readme, f"experiments/README.md has no row for {d.name}"

@@ -253,3 +253,28 @@ def test_alpha_slider_goes_from_the_l2_parent_to_the_model():
     assert np.array_equal(ex.candidate(0), full)
     with pytest.raises(ValueError, match="l2_parent"):
         NoiseExplorer(model, dec).set_alpha(0.5)
+
+
+def test_strength_slider_gives_a_table_reading_model_the_scaled_table(tiny):
+    from otmlib.models import add_table_conditioning
+
+    G, B, gt, comp = tiny
+    H = add_table_conditioning(G).eval()
+    with torch.no_grad():
+        H.table_film.mlp[-1].weight.normal_(0, 0.2)  # a conditioning that does something
+    ex = NoiseExplorer(H, comp.pixels, qtable=comp.luma_table, name="cam")
+    assert ex.reads_table
+    one = ex.candidate(0)
+    np.testing.assert_array_equal(one, restore_luma(H, comp.pixels, [0], qtable=comp.luma_table)[0])
+    ex.set_strength(3.0)
+    three = ex.candidate(0)
+    np.testing.assert_array_equal(three, restore_luma(H, comp.pixels, [0], qtable=comp.luma_table * 3.0)[0])
+    assert not np.array_equal(one, three)
+    with pytest.raises(ValueError, match="positive"):
+        ex.set_strength(0)
+    with pytest.raises(ValueError, match="pass qtable"):
+        NoiseExplorer(H, comp.pixels)
+    plain = _explorer(tiny)
+    assert not plain.reads_table
+    with pytest.raises(ValueError, match="reads the quantisation table"):
+        plain.set_strength(2.0)
