@@ -46,7 +46,10 @@ NOTES: dict[str, dict[str, str]] = {
         "limits": "Trained on the 2-core CPU of this project with EfficientNet-Lite0 features for the perceptual "
                   "loss (VGG-19 weights cannot be downloaded there), for far fewer steps than the paper. One "
                   "quality only. Candidates score below the baseline on PSNR by design (an ideal sampler of "
-                  "plausible originals sits 3 dB below the per-pixel optimum).",
+                  "plausible originals sits 3 dB below the per-pixel optimum). The same recipe at the paper's scale "
+                  "(VGG-19, a GPU batch): `configs/one-to-many-q10-vgg19-gpu.yaml`, not run here.",
+        "procedure": "Its own stage is a branch of `configs/one-to-many-q10-moments.yaml`: rerun that config first, "
+                     "then copy its folder as the header of `configs/one-to-many-q10-moments-s30.yaml` says.",
         "issues": "The invented texture follows the L2 parent's error map, so it is strongest on edges and fine "
                   "texture, and weaker but visible as grain in flat regions (the snow of `figures/explorer_example.png`); "
                   "in dark, low-contrast fur and inside the eye of `figures/quickstart.png` it reads more as noise than "
@@ -172,7 +175,7 @@ def render_card(name: str, path: str | Path) -> str:
               f"{info.steps_total:,} optimiser steps in all, {info.cpu_hours:.2f} CPU-hours (this file's own stage: "
               f"{info.steps:,} steps; {info.wall_seconds / 3600:.2f} h wall time in all). Each stage started from the one above "
               "it; retrain it by running the configs in order (`otm train MODE --config CONFIG`).", "",
-              *_stage_rows(info), "",
+              *_stage_rows(info), "", *([notes["procedure"], ""] if "procedure" in notes else []),
               "## Evaluation"]
     for key, s in info.scores.items():
         if key == "candidates":

@@ -3,6 +3,8 @@
 Compress first, then crop (Sec. 3.4): each image is JPEG-compressed once, whole, so the coder's
 8x8 grid is the image's. A patch whose origin is a multiple of 8 then shares that grid and its
 DCT blocks are the coder's (the JPEG loss applies); any other origin is "misaligned" (weight 0).
+Any-quality training (``DataConfig.qualities``, issue 19) codes each patch on its own instead, at a table
+drawn per patch (:func:`random_table`), with the whole image's blocks all the same (see ``_code_patch``).
 
 Determinism: sample ``i`` of the (endless) stream is a pure function of ``(seed, i)``, so a run
 resumed at step ``s`` sees exactly the batches it would have seen, with any number of workers.
@@ -10,7 +12,6 @@ resumed at step ``s`` sees exactly the batches it would have seen, with any numb
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass

@@ -3,6 +3,8 @@
 - :class:`Generator`: the proposal component ``G(x', z)``, with the shift-and-average
   up-sampling of Sec. 3.2.2 (:func:`shift_and_average`). ``noise=False`` is the paper's
   "baseline" (the same network without the ``z`` branch).
+- :class:`TableFiLM`: beyond the paper (issue 19), G reading the JPEG's quantisation table, so one
+  model serves every quality (:func:`add_table_conditioning` adds it to a trained G).
 - :class:`Discriminator`: ``D`` of Table 1, returning logits (the losses use the logits form).
 - :func:`restore_tiled`: bounded-memory inference on a large image in blended, JPEG-aligned tiles.
 - :func:`count_flops_per_pixel`: G's multiply-accumulates per pixel, for the speed benchmark.

@@ -73,3 +73,11 @@ def test_every_experiment_has_a_readable_config_and_a_row():
         TrainConfig.from_dict(yaml.safe_load((d / "config.yaml").read_text()))
         assert (d / "log.jsonl").exists(), d.name
         assert f"| {d.name} |" in readme, f"experiments/README.md has no row for {d.name}"
+
+
+def test_every_config_is_named_by_a_card():
+    """The house issue: configs/ holds only what trains a shipped file (its card names each stage's config);
+    dead ends and controls live in experiments/."""
+    cards = "".join(p.read_text() for p in CARDS.glob("*.md"))
+    unnamed = [p.name for p in sorted((ROOT / "configs").glob("*.yaml")) if f"configs/{p.name}" not in cards]
+    assert not unnamed, f"configs not named by any card (ship them, or move them to experiments/): {unnamed}"
