@@ -36,8 +36,9 @@ NOTES: dict[str, dict[str, str]] = {
         "limits": "Beyond the paper (which trains one model per quality). A per-pixel L2 model: smooth where the "
                   "JPEG lost texture. Trained on IJG tables and perturbed IJG tables only; grey and luminance only "
                   "(the chroma of colour files is kept or restored by a chroma model).",
-        "issues": "Not yet at the single-model peers (DnCNN-3, QGAC) at Q10-40, and at the highest qualities its "
-                  "gain over the JPEG is small; see `figures/any_quality.csv` (notebook 07) for every quality.",
+        "issues": "Slightly short of the single-model peers (DnCNN-3, QGAC) at Q10-40 on PSNR-B; at the highest "
+                  "quality measured (Q95) it makes files slightly worse than the JPEG, having seen few patches that "
+                  "good (log-uniform qualities); see `figures/any_quality.csv` (notebook 07) for every quality.",
     },
     "one-to-many": {
         "use": "Proposing several plausible originals of one greyscale JPEG at its quality (`otm restore -n K`), "

@@ -395,7 +395,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print("no shipped weights yet")
     for name, path in models.items():
         m = read_release(path)
-        print(f"{name}: {m.mode} Q{m.quality}, {m.steps_total} steps, {m.wall_seconds / 3600:.1f} h wall, "
+        q = f"Q{m.qualities[0]}-{m.qualities[1]}" if m.qualities else f"Q{m.quality}"
+        print(f"{name}: {m.mode} {q}, {m.steps_total} steps, {m.wall_seconds / 3600:.1f} h wall, "
               f"{m.cpu_hours:g} CPU-hours")
         for i, e in enumerate(m.lineage):  # oldest first; each entry's cpu_hours count its own parents too
             how = "started from" if i == 0 else "then"

@@ -44,3 +44,18 @@ def test_shipped_model_lines_are_the_files_provenance(name):
     assert f"{s['psnr']:.2f} / {s['ssim']:.4f} / {s['psnrb']:.2f}" in line
     assert f"{info.steps_total:,} steps" in line or f"({info.steps_total:,} in all)" in line
     assert re.search(rf"\b{info.cpu_hours:.2f} CPU-hours", line)
+
+
+def test_any_quality_table_is_the_measured_csv():
+    """Notebook 07 writes figures/any_quality.csv; the README's table quotes it."""
+    df = pd.read_csv(ROOT / "figures" / "any_quality.csv")
+    head = _row("quality")
+    qs = [int(q) for q in head[1:]]
+    jpeg_cells, any_cells, per_cells = _row("JPEG, PSNR / PSNR-B")[1:], _row("baseline-any, gain")[1:], \
+        _row("per-quality model, gain")[1:]
+    for q, j, a, p in zip(qs, jpeg_cells, any_cells, per_cells):
+        rows = df[df.coding == f"Q{q}"].set_index("method")
+        assert j == f"{rows.loc['JPEG', 'psnr']:.2f} / {rows.loc['JPEG', 'psnrb']:.2f}"
+        assert a == f"{rows.loc['baseline-any', 'gain_psnr']:+.2f} / {rows.loc['baseline-any', 'gain_psnrb']:+.2f}"
+        per = rows.drop(index=["JPEG", "baseline-any"])
+        assert p == ("-" if per.empty else f"{per.gain_psnr.iloc[0]:+.2f} / {per.gain_psnrb.iloc[0]:+.2f}")
