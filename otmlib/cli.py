@@ -603,9 +603,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     C, C_q = _chroma_model(args.chroma, default_device())
     if args.bf16 and not bf16_plan(True, default_device())[0]:
         print(f"otm: --bf16 not used: {bf16_plan(True, default_device())[1]}", file=sys.stderr)
-    if args.strength != 1.0 and not info.reads_table and fallback is None:
-        print(f"otm: note: --strength {args.strength:g} ignored: {model_name} does not read the quantisation table "
-              f"(the any-quality model does)", file=sys.stderr)
+    if args.strength != 1.0 and not info.reads_table:
+        print(f"otm: note: --strength {args.strength:g} ignored" + (" for files restored by " if fallback else ": ")
+              + f"{model_name}, which does not read the quantisation table (the any-quality model does)",
+              file=sys.stderr)
     seeds = [args.seed + i for i in range(args.n)]
     if not G.cfg.noise and args.n > 1:
         print(f"otm: {model_name} is a baseline (one output per image); -n {args.n} ignored", file=sys.stderr)
