@@ -619,7 +619,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         moved = [f for f, c in zip(files, choice) if c == fallback]
         print(f"otm: note: {len(moved)} file(s) (e.g. {moved[0]}, quality ~{qualities[choice.index(fallback)]}) are "
               f"far from {model_name}'s quality {info.quality}: restored with {fallback}, the model for any quality "
-              f"(one output each; --model {default} forces the default)", file=sys.stderr)
+              f"(one output each; --model {default} forces the default)"
+              + (f"; --alpha {args.alpha:g} does not apply to them" if args.alpha is not None else ""), file=sys.stderr)
     plans = _plan_outputs(files, out_dir, [model(c)[2] for c in choice],
                           [seeds if model(c)[0].cfg.noise else [None] for c in choice])
     failures: list[str] = []

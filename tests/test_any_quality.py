@@ -224,7 +224,11 @@ def test_restore_without_model_sends_far_qualities_to_the_any_quality_model(tmp_
     assert main(["restore", str(tmp_path / "low.jpg"), str(tmp_path / "high.jpg"), "-o", str(out)]) == 0
     err = capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["high_baseline-any.png", "low_one-to-many-q10_seed0.png"]
-    assert "restored with baseline-any" in err and "high.jpg" in err
+    assert "restored with baseline-any" in err and "high.jpg" in err and "--alpha" not in err
+    alpha = tmp_path / "alpha"
+    assert main(["restore", str(tmp_path / "high.jpg"), "-o", str(alpha), "--alpha", "0.5"]) == 0
+    assert [p.name for p in alpha.iterdir()] == ["high_baseline-any.png"]
+    assert "--alpha 0.5 does not apply to them" in capsys.readouterr().err
     # --model forces one model for all, and says that the far file is outside what it learnt
     forced = tmp_path / "forced"
     assert main(["restore", str(tmp_path / "high.jpg"), "-o", str(forced), "--model", "one-to-many-q10"]) == 0
