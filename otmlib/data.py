@@ -209,8 +209,9 @@ class JpegPatchDataset(Dataset):
         """
         p = self.cfg.patch
         table, _ = random_table(rng, self.cfg.qualities, self.cfg.table_jitter)
-        r0, c0 = top // 8 * 8, left // 8 * 8
-        region = gt[0, r0 : min(gt.shape[1], r0 + p + 8), c0 : min(gt.shape[2], c0 + p + 8)]
+        r0, c0 = top // 8 * 8, left // 8 * 8  # the blocks the patch touches, and no more (p x p when aligned)
+        r1, c1 = -(-(top + p) // 8) * 8, -(-(left + p) // 8) * 8
+        region = gt[0, r0 : min(gt.shape[1], r1), c0 : min(gt.shape[2], c1)]
         dec = jpeg.decode(jpeg.encode_with_table(np.ascontiguousarray(region), table))
         return dec[None, top - r0 : top - r0 + p, left - c0 : left - c0 + p], table[None]
 

@@ -8,7 +8,7 @@ luminance; the report is the mean over images.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -112,19 +112,26 @@ class EvalReport:
         return [asdict(s) for s in self.scores]
 
 
-def score_image(y: np.ndarray, quality: int, restorer: Restorer, table: np.ndarray | None = None) -> dict[str, float]:
+def score_image(y: np.ndarray, quality: int | None, restorer: Restorer, table: np.ndarray | None = None) -> dict[str, float]:
     """Compress 8-bit luminance ``y`` at ``quality``, restore it, and score it against ``y``.
 
     PSNR, SSIM, PSNR-B (Table 2) and the output's block-edge ratio (:func:`block_edge_ratio`, the
     D_B / D_Bc behind PSNR-B's penalty), which says how much blocking is left. ``table``: code with this
     luminance table instead of IJG ``quality``'s (a camera's or an editor's own; ``quality`` is then unused).
     """
+    return _score_coded(y, *_code(y, quality, table), restorer)
+
+
+def _code(y: np.ndarray, quality: int | None, table: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``y`` coded with ``table`` (any luminance table) or else at IJG ``quality``: (decoded pixels, table)."""
     if table is not None:
-        decoded, used = jpeg.decode(jpeg.encode_with_table(y, table)), np.asarray(table)
-    else:
-        comp = jpeg.compress(y, quality)
-        decoded, used = comp.pixels, comp.luma_table
-    out = restorer(decoded, used)
+        return jpeg.decode(jpeg.encode_with_table(y, table)), np.asarray(table)
+    comp = jpeg.compress(y, quality)
+    return comp.pixels, comp.luma_table
+
+
+def _score_coded(y: np.ndarray, decoded: np.ndarray, table: np.ndarray, restorer: Restorer) -> dict[str, float]:
+    out = restorer(decoded, table)
     if out.shape != y.shape or out.dtype != np.uint8:
         raise RuntimeError(f"restorer returned {out.dtype} {out.shape}, expected uint8 {y.shape}")
     return {**all_metrics(y, out), "edge_ratio": block_edge_ratio(out)}
@@ -262,7 +269,7 @@ def table2_rows(
 
 
 def quality_sweep(
-    data: str | Path,
+    images: str | Path | Mapping[str, np.ndarray],
     codings: Sequence[int | tuple[str, np.ndarray]],
     methods: Sequence[tuple[str, Restorer, Sequence[int] | None]],
     *,
@@ -271,27 +278,34 @@ def quality_sweep(
 ):
     """The luminance protocol of :func:`evaluate` over many codings at once (issue 19, "one model for every JPEG").
 
-    ``codings``: IJG qualities, or ``(label, table)`` pairs for other luminance tables. ``methods``: ``(name,
-    restorer, qualities)``; a method runs on the IJG qualities it lists (None: on every coding), so a per-quality
-    model is scored at its own quality only. The JPEG itself is always scored. Returns a pandas DataFrame, one
-    row per (coding, method): mean ``psnr``, ``ssim``, ``psnrb`` over the images and the gains over the JPEG's
-    (``gain_psnr``, ``gain_psnrb``); unreadable images are skipped and counted in ``n`` as missing.
+    ``images``: a folder (each image's luminance is used, unreadable ones skipped) or a mapping name -> 8-bit
+    luminance. ``codings``: IJG qualities, or ``(label, table)`` pairs for other luminance tables. ``methods``:
+    ``(name, restorer, qualities)``; a method runs on the IJG qualities it lists (None: on every coding), so a
+    per-quality model is scored at its own quality only. The JPEG itself is always scored; each image is coded once
+    per coding. Returns a pandas DataFrame, one row per (coding, method): ``n`` images, mean ``psnr``, ``ssim``,
+    ``psnrb`` and the gains over the JPEG's (``gain_psnr``, ``gain_psnrb``).
     """
     import pandas as pd
 
+    def luminances():
+        if isinstance(images, Mapping):
+            yield from list(images.values())[:limit]
+            return
+        for path in list_images(images)[:limit]:
+            try:
+                yield jpeg.luminance(load_image(path, exif=False, min_side=11))
+            except ImageError:
+                continue
+
     rows: dict[tuple[str, str], list[dict]] = {}
-    files = list_images(data)[:limit]
-    for path in tqdm(files, desc="quality sweep", unit="img", disable=not progress):
-        try:
-            y = jpeg.luminance(load_image(path, exif=False, min_side=11))
-        except ImageError:
-            continue
+    total = min(len(images), limit or len(images)) if isinstance(images, Mapping) else None
+    for y in tqdm(luminances(), total=total, desc="quality sweep", unit="img", disable=not progress):
         for c in codings:
-            label, q, table = (f"Q{c}", c, None) if isinstance(c, int) else (c[0], 0, np.asarray(c[1]))
+            label, q, table = (f"Q{c}", c, None) if isinstance(c, int) else (c[0], None, np.asarray(c[1]))
+            decoded, used = _code(y, q, table)
             for name, restorer, qs in [("JPEG", _identity, None), *methods]:
-                if qs is not None and (table is not None or q not in qs):
-                    continue
-                rows.setdefault((label, name), []).append(score_image(y, q or 50, restorer, table))
+                if qs is None or q in qs:
+                    rows.setdefault((label, name), []).append(_score_coded(y, decoded, used, restorer))
     out = []
     for (label, name), scores in rows.items():
         mean = {k: float(np.mean([s[k] for s in scores])) for k in ("psnr", "ssim", "psnrb")}
@@ -301,6 +315,15 @@ def quality_sweep(
     df["gain_psnr"] = df.psnr - df.coding.map(jpeg_rows.psnr)
     df["gain_psnrb"] = df.psnrb - df.coding.map(jpeg_rows.psnrb)
     return df
+
+
+# Published single models for every JPEG quality, BSDS500 test, grey, the Table 2 protocol: quality ->
+# (PSNR, PSNR-B) dB, as the any-quality issue (19) quotes them: DnCNN-3 (Zhang et al. 2017); QGAC (Ehrlich et al.
+# 2020, PSNR only).
+SINGLE_MODEL_PEERS: dict[str, dict[int, tuple[float, float | None]]] = {
+    "DnCNN-3": {10: (29.21, 28.80), 20: (31.53, 30.79), 30: (32.90, 31.97), 40: (33.85, 32.80)},
+    "QGAC": {10: (29.46, None), 20: (31.73, None), 30: (33.07, None), 40: (34.01, None)},
+}
 
 
 # Table 2 of the paper as printed: (quality, approach) -> (PSNR dB, SSIM, PSNR-B dB)

@@ -310,7 +310,7 @@ def restore_file(
             cons = Consistency.from_bytes(data)
     file_q = notes.get("quality_estimate", quality)
     if chroma is not None and chroma_quality is not None and file_q is not None and \
-            abs(file_q - chroma_quality) > max(3, chroma_quality // 2):  # measured: Q10's chroma model harms Q60, Q90
+            not near_quality(file_q, chroma_quality):
         notes["chroma_kept"] = f"quality ~{file_q}, the chroma model's is {chroma_quality}"
         chroma = None
     notes["consistent"] = cons is not None
@@ -320,6 +320,12 @@ def restore_file(
                         qtable=qtable * strength if G.cfg.table_cond else None)
     res.candidates = [apply_orientation(c, notes["orientation"]) for c in res.candidates]
     return res, notes
+
+
+def near_quality(quality: int, trained: int) -> bool:
+    """Whether a file of (estimated IJG) ``quality`` is near a model's training quality ``trained``: within
+    max(3, trained / 2) (measured: Q10's luminance and chroma models harm Q60 and Q90 files)."""
+    return abs(quality - trained) <= max(3, trained // 2)
 
 
 def estimate_ijg_quality(table: np.ndarray) -> tuple[int, float]:

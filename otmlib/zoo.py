@@ -142,10 +142,12 @@ class ReleaseInfo:
 
     def covers(self, quality: int) -> bool:
         """Whether a file of (estimated IJG) ``quality`` is what it learnt: inside its range, or near its one
-        quality (within max(3, quality / 2): measured, a Q10 model harms Q60 and Q90 files)."""
+        quality (:func:`otmlib.restore.near_quality`)."""
+        from otmlib.restore import near_quality
+
         if self.qualities:
             return self.qualities[0] <= quality <= self.qualities[1]
-        return abs(quality - self.quality) <= max(3, self.quality // 2)
+        return near_quality(quality, self.quality)
 
 
 def read_release(path: str | Path) -> ReleaseInfo:

@@ -197,6 +197,11 @@ def test_quality_sweep_scores_each_method_where_it_applies(tmp_path, camera):
     assert np.allclose(df.gain_psnr, 0) and np.allclose(df.gain_psnrb, 0)  # every method here returns the JPEG
     # the restorer is handed each coding's own table
     assert any(np.array_equal(t, moz) for t in calls) and any(np.array_equal(t, jpeg.ijg_table(40)) for t in calls)
+    # images given as luminance arrays score the same as the folder they came from
+    lum = {f"{i}": np.asarray(Image.open(tmp_path / f"{i}.png")) for i in range(2)}
+    again = quality_sweep(lum, [10, 40, ("mozjpeg Q50", moz)], [("all", spy, None), ("q10 only", _identity, [10])],
+                          progress=False)
+    assert np.allclose(again.sort_values(["coding", "method"]).psnr.values, df.sort_values(["coding", "method"]).psnr.values)
 
 
 def test_robidoux_table_scales_like_libjpeg():

@@ -59,3 +59,15 @@ def test_any_quality_table_is_the_measured_csv():
         assert a == f"{rows.loc['baseline-any', 'gain_psnr']:+.2f} / {rows.loc['baseline-any', 'gain_psnrb']:+.2f}"
         per = rows.drop(index=["JPEG", "baseline-any"])
         assert p == ("-" if per.empty else f"{per.gain_psnr.iloc[0]:+.2f} / {per.gain_psnrb.iloc[0]:+.2f}")
+    # the prose under the table: the gaps to DnCNN-3, Q95, mozjpeg's table
+    from otmlib.evaluate import SINGLE_MODEL_PEERS
+
+    text = " ".join(README.split())
+    ours = df[df.method == "baseline-any"].set_index("coding")
+    gaps_b = [v[1] - ours.loc[f"Q{q}", "psnrb"] for q, v in SINGLE_MODEL_PEERS["DnCNN-3"].items()]
+    gaps = [v[0] - ours.loc[f"Q{q}", "psnr"] for q, v in SINGLE_MODEL_PEERS["DnCNN-3"].items() if q >= 30]
+    assert f"by {min(gaps_b):.2f}-{max(gaps_b):.2f} dB on PSNR-B at Q10-40" in text
+    assert f"{min(gaps):.2f}-{max(gaps):.2f} dB on PSNR at Q30-40" in text
+    assert f"({ours.loc['Q95', 'gain_psnr']:+.2f} / {ours.loc['Q95', 'gain_psnrb']:+.2f})" in text
+    for q in (50, 75):
+        assert f"{ours.loc[f'mozjpeg Q{q}', 'gain_psnr']:+.2f} / {ours.loc[f'mozjpeg Q{q}', 'gain_psnrb']:+.2f}" in text
