@@ -8,7 +8,8 @@ floor time / measured time: 1 would mean every FLOP ran at the peak convolution 
 (G alone: convolutions, BatchNorm, ReLU) is measured the same way, as what these kernels reach without D and
 the perceptual network.
 
-Not a test: run it on a quiet machine (another process on the cores distorts it badly).
+Each recipe runs eagerly and with ``compile: true`` (G's training forward through torch.compile; the first steps,
+which compile, are not timed). Not a test: run it on a quiet core (another process on it distorts it badly).
 
     OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/bench_gan_step.py --json benchmarks/gan_step.json
 """
@@ -58,7 +59,7 @@ def conv_rate(bf16: bool, channels_last: bool, width: int = 64, side: int = 64, 
     return n * flops / (time.perf_counter() - t0)
 
 
-def measure(recipe: str, repeats: int, batch: int = 8, patch: int = 64) -> dict:
+def measure(recipe: str, repeats: int, batch: int = 8, patch: int = 64, compile: bool = False) -> dict:
     from skimage import data
 
     from otmlib.models import Generator
@@ -68,25 +69,30 @@ def measure(recipe: str, repeats: int, batch: int = 8, patch: int = 64) -> dict:
     gen = GeneratorConfig(shift_and_average=False, deconv_kernel=5)
     cfg = TrainConfig(mode="one-to-many" if gan else "baseline", gen=gen, data=DataConfig(patch=patch, aligned_fraction=1.0),
                       backbone="efficientnet-lite0", batch_size=batch, bf16=True, channels_last=True,
-                      epoch_samples=batch, gan=gan or GanConfig(), out="/tmp/otm-bench-gan")
+                      epoch_samples=batch, gan=gan or GanConfig(), out="/tmp/otm-bench-gan", compile=compile)
     t = Trainer(cfg, images, progress=False)
     if gan and gan.spread:  # the frozen L2 parent: a baseline of the same network (random weights: speed only)
         t._set_ref(dataclasses.replace(t.cfg.gen, noise=False),
                    Generator(dataclasses.replace(t.cfg.gen, noise=False)).state_dict())
     t.step = 1  # past the first "epoch": the step includes D
     loader = iter(torch.utils.data.DataLoader(t.dataset, batch_size=batch, sampler=range(10**6)))
-    for _ in range(2):
+    t0 = time.perf_counter()
+    for _ in range(3):  # (compile: the first step compiles, the logging steps' graphs too)
         t.train_step(next(loader))
+    warmup = time.perf_counter() - t0
+    G_ddp, t.G_ddp = t.G_ddp, t.G  # FLOPs counted eagerly (the same operations)
     with FlopCounterMode(display=False) as fc:
         t.train_step(next(loader))
+    t.G_ddp = G_ddp
     flops = fc.get_total_flops()
     batches = [next(loader) for _ in range(repeats)]
     t0 = time.perf_counter()
     for b in batches:
         t.train_step(b)
     dt = (time.perf_counter() - t0) / repeats
-    return {"recipe": recipe, "batch": batch, "patch": patch, "gflop_per_step": round(flops / 1e9, 1),
-            "seconds_per_step": round(dt, 3), "patches_per_s": round(batch / dt, 2)}
+    return {"recipe": recipe, "compile": compile, "batch": batch, "patch": patch,
+            "gflop_per_step": round(flops / 1e9, 1), "seconds_per_step": round(dt, 3),
+            "patches_per_s": round(batch / dt, 2), "warmup_seconds": round(warmup, 1)}
 
 
 def main() -> None:
@@ -98,11 +104,12 @@ def main() -> None:
     rate = max(conv_rate(bf16, True, w, side) for w, side in ((64, 64), (128, 32), (256, 16), (512, 8)))
     rows = []
     for recipe in RECIPES:
-        r = measure(recipe, args.repeats)
-        r["floor_seconds"] = round(r["gflop_per_step"] * 1e9 / rate, 3)
-        r["fraction_of_floor"] = round(r["floor_seconds"] / r["seconds_per_step"], 2)
-        rows.append(r)
-        print(r, flush=True)
+        for compile in (False, True):
+            r = measure(recipe, args.repeats, compile=compile)
+            r["floor_seconds"] = round(r["gflop_per_step"] * 1e9 / rate, 3)
+            r["fraction_of_floor"] = round(r["floor_seconds"] / r["seconds_per_step"], 2)
+            rows.append(r)
+            print(r, flush=True)
     out = {"cpu": cpu_description(), "threads": torch.get_num_threads(), "bf16": bf16,
            "conv_gflop_per_s": round(rate / 1e9, 1), "rows": rows}
     print(json.dumps(out, indent=1))

@@ -65,6 +65,10 @@ class TrainConfig:
     beta2: float = 0.999
     bf16: bool = True  # bfloat16 autocast on a CPU with native bf16 (2.5x faster there); else float32
     channels_last: bool = False
+    # torch.compile G for its training step (inductor fuses the element-wise work around the convolutions):
+    # the L2 step 1.19x, the one-to-many step 1.07x (benchmarks/gan_step_2026-12-05.json); the first step
+    # compiles for 20-40 s. Numerics within float rounding of eager; a run may be resumed with it on or off.
+    compile: bool = False
     num_workers: int = 0
     log_every: int = 20
     val_every: int = 500
@@ -96,8 +100,8 @@ class TrainConfig:
         if self.data.colour and self.data.subsampling != "4:4:4" and self.mode != "chroma":
             raise ValueError(f"data.subsampling {self.data.subsampling} is for mode chroma: RGB models and the JPEG "
                              "loss assume every channel on the 8x8 grid (4:4:4)")
-        if self.gen.table_cond and self.mode != "baseline":
-            raise ValueError("gen.table_cond (a G that reads the quantisation table) is for mode baseline so far")
+        if self.gen.table_cond and self.mode == "chroma":
+            raise ValueError("gen.table_cond (a G that reads the luminance quantisation table) is for grey models")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema is a decay in [0, 1) (0 turns the average off), got {self.ema}")
         # a copy: a GeneratorConfig shared with another TrainConfig must not change under it
@@ -205,6 +209,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.G_ddp = DDP(self.G, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:  # the training forward only: G itself (state dict, validation, EMA) stays eager
+            self.G_ddp = torch.compile(self.G_ddp)
 
         self.dataset = JpegPatchDataset(train_images, cfg.data)
         self.step = 0
@@ -531,7 +537,7 @@ class Trainer:
                 if im.coded.shape[0] == 1:  # grey: the share of DCT coefficients inside the file's intervals
                     inside.append(np.mean([interval_share(o, dec, im.qtable[0]) for o in outs]))
             if self.G_ref is not None:
-                ref = luma(to_uint8_image(self.G_ref(xj)[0])).astype(np.float64)
+                ref = luma(to_uint8_image(self.G_ref(xj, **kw)[0])).astype(np.float64)
                 ref_err = add(ref_err, region_sums((ref - gt) ** 2, gt))
         G.train()
         rec = {"val_psnr": float(np.mean(ps)), "val_psnrb": float(np.mean(pbs)), "val_psnr_jpeg": float(np.mean(pj))}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from otmlib.models import (
     Discriminator,
@@ -18,8 +19,9 @@ from otmlib.models import (
     fold_shift_and_average,
     grow_aggregation,
     restore_tiled,
-    widen_units,
+    replicate_pad,
     shift_and_average,
+    widen_units,
 )
 from otmlib.models import _tile_spans, _tile_windows
 
@@ -344,3 +346,18 @@ def test_flops_match_counted_convolutions(noise, inner):
         G(torch.rand(1, 1, 32, 48) * 255)
     assert count_flops_per_pixel(cfg) == pytest.approx(sum(counted) / (32 * 48))
     assert count_flops_per_pixel(GeneratorConfig()) == pytest.approx(224000)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_replicate_pad_is_torchs_forward_and_backward(channels_last):
+    x = torch.randn(2, 3, 5, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    pad = (2, 1, 0, 3)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = torch.compile(replicate_pad)(a, pad), F.pad(b, pad, mode="replicate")  # the compiled path
+    assert torch.equal(ya, yb)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.allclose(a.grad, b.grad, rtol=0, atol=1e-12)
