@@ -46,6 +46,11 @@ class DataConfig:
     # release's); validation codes each held-out image at every quality of VAL_QUALITIES.
     qualities: tuple[int, int] | None = None
     table_jitter: float = 0.0  # share of those patches coded with a perturbed, non-IJG table (cameras' own)
+    # how the quality is drawn: "quality" log-uniform in Q (Q90-95 get 2% of the patches on [5, 95]); "scale"
+    # log-uniform in IJG's table scale (5000/Q below 50, 200-2Q above), i.e. in the quantiser's step: every
+    # doubling of the step gets the same share, Q90-95 as many patches as Q5-10 (15% each on [5, 95]); "mixed":
+    # half the patches each way (Q90-95 9%, Q5-10 20%)
+    quality_law: str = "quality"
 
     def __post_init__(self) -> None:
         if self.subsampling not in ("4:4:4", "4:2:0"):
@@ -56,23 +61,46 @@ class DataConfig:
                 raise ValueError(f"data.qualities must be [lo, hi] with 1 <= lo <= hi <= 100, got {self.qualities}")
             if self.colour:
                 raise ValueError("data.qualities (any-quality training) is grey only for now")
+        if self.quality_law not in QUALITY_LAWS:
+            raise ValueError(f"data.quality_law must be one of {QUALITY_LAWS}, got {self.quality_law!r}")
         if not 0.0 <= self.table_jitter <= 1.0:
             raise ValueError(f"data.table_jitter is a share in [0, 1], got {self.table_jitter}")
 
 
-VAL_QUALITIES = (10, 20, 40, 60, 90)  # what an any-quality run validates at (each held-out image at each)
+VAL_QUALITIES = (10, 20, 40, 60, 90, 95)  # what an any-quality run validates at (each held-out image at each)
+QUALITY_LAWS = ("quality", "scale", "mixed")
 
 
-def random_table(rng: np.random.Generator, qualities: tuple[int, int], jitter: float) -> tuple[np.ndarray, int]:
+def ijg_scale(quality: float) -> float:
+    """libjpeg's table scale in percent for ``quality`` (jpeg_quality_scaling, without its integer division)."""
+    return 5000.0 / quality if quality < 50 else 200.0 - 2.0 * quality
+
+
+def quality_of_scale(scale: float) -> float:
+    """The inverse of :func:`ijg_scale` on 1 <= quality < 100."""
+    return 5000.0 / scale if scale >= 100 else (200.0 - scale) / 2.0
+
+
+def random_table(rng: np.random.Generator, qualities: tuple[int, int], jitter: float,
+                 law: str = "quality") -> tuple[np.ndarray, int]:
     """A luminance table for one any-quality training patch, and the IJG quality it was drawn around.
 
-    The quality is log-uniform on ``qualities`` (rounded): Q5-10 get as many patches as Q50-100, because the low
-    qualities carry most of the loss and of the artifacts. With probability ``jitter`` the IJG table is perturbed
+    ``law="quality"``: the quality is log-uniform on ``qualities`` (rounded): Q5-10 get as many patches as Q50-100,
+    because the low qualities carry most of the loss and of the artifacts. ``law="scale"``: the table's scale
+    (:func:`ijg_scale`, proportional to every step) is log-uniform between the scales of the two ends, so each
+    doubling of the quantiser step gets the same share, the high qualities too; ``law="mixed"``: either, at even
+    odds, per patch. With probability ``jitter`` the IJG table is perturbed
     into one no IJG quality gives: tilted toward low or high frequencies (x exp(a (u + v - 7) / 7), a uniform in
     +-0.5) and each step moved by x exp(N(0, 0.15^2)), rounded to 1..255 (cameras and editors write such tables).
     """
     lo, hi = qualities
-    q = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+    if law == "mixed":
+        law = "scale" if rng.random() < 0.5 else "quality"
+    if law == "scale" and hi < 100:
+        s = math.exp(rng.uniform(math.log(ijg_scale(hi)), math.log(ijg_scale(lo))))
+        q = int(round(quality_of_scale(s)))
+    else:  # "quality" (a range reaching Q100, scale 0, has no log-scale law: it falls back here)
+        q = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
     table = jpeg.ijg_table(q)
     if rng.random() < jitter:
         u, v = np.mgrid[0:8, 0:8]
@@ -208,7 +236,7 @@ class JpegPatchDataset(Dataset):
         blocks (a region ending at the image's edge pads its last blocks as the whole image's coding does).
         """
         p = self.cfg.patch
-        table, _ = random_table(rng, self.cfg.qualities, self.cfg.table_jitter)
+        table, _ = random_table(rng, self.cfg.qualities, self.cfg.table_jitter, self.cfg.quality_law)
         r0, c0 = top // 8 * 8, left // 8 * 8  # the blocks the patch touches, and no more (p x p when aligned)
         r1, c1 = -(-(top + p) // 8) * 8, -(-(left + p) // 8) * 8
         region = gt[0, r0 : min(gt.shape[1], r1), c0 : min(gt.shape[2], c1)]
@@ -343,6 +371,7 @@ def training_sets(cfg: DataConfig, progress: bool = True, max_images: int | None
     sizes = "" if tuple(cfg.scales) == (1.0,) else f" (with resized copies at scales {', '.join(f'{s:g}' for s in cfg.scales)})"
     coding = (f"JPEG Q{cfg.quality}" if cfg.qualities is None else
               f"JPEG Q{cfg.qualities[0]}-{cfg.qualities[1]} per patch (log-uniform"
+              + {"quality": "", "scale": " in the table's scale", "mixed": ", half of them in the table's scale"}[cfg.quality_law]
               + (f", {cfg.table_jitter:.0%} non-IJG tables)" if cfg.table_jitter else ")"))
     desc = (f"{source.root} ({source.kind}): {len(train)} training images{sizes} from {'+'.join(cfg.splits)}, "
             f"{len(val_files) - len(vfails)} held out for validation, {coding}, "

@@ -66,6 +66,26 @@ def test_random_table_draws_log_uniform_qualities_and_valid_tables():
     assert np.mean([not np.array_equal(t, jpeg.ijg_table(q)) for t, q in jittered]) > 0.95
 
 
+def test_quality_laws_share_the_patches_as_documented():
+    """"scale": log-uniform in libjpeg's table scale (5000/Q below 50, 200 - 2Q above), so Q5-10 and Q90-95 get
+    the same share, log(1000/476.2)/log(100) = log(21/10)/log(100) = 0.161 with the rounding to whole qualities;
+    "mixed": half the patches each way."""
+    from otmlib.data import ijg_scale, quality_of_scale
+
+    assert ijg_scale(10) == 500 and ijg_scale(95) == 10 and ijg_scale(50) == 100
+    assert all(abs(quality_of_scale(ijg_scale(q)) - q) < 1e-9 for q in (5, 37, 50, 80, 95))
+    rng = np.random.default_rng(1)
+    qs = np.array([random_table(rng, (5, 95), 0.0, "scale")[1] for _ in range(6000)])
+    share = math.log(21 / 10) / math.log(100)
+    assert qs.min() >= 5 and qs.max() <= 95
+    assert abs((qs >= 90).mean() - share) < 0.02 and abs((qs <= 10).mean() - share) < 0.02
+    qm = np.array([random_table(rng, (5, 95), 0.0, "mixed")[1] for _ in range(6000)])
+    log_q = math.log(95.5 / 89.5) / math.log(95.5 / 5)  # the "quality" law's share of Q90-95
+    assert abs((qm >= 90).mean() - (share + log_q) / 2) < 0.02
+    with pytest.raises(ValueError, match="quality_law"):
+        DataConfig(qualities=(5, 95), quality_law="uniform")
+
+
 def test_validation_codes_every_held_out_image_at_every_quality(camera):
     cfg = DataConfig(patch=32, qualities=(5, 95))
     held = coded_versions("cam", camera[:64, :64], cfg)
@@ -263,3 +283,47 @@ def test_strength_changes_what_the_any_quality_model_does(tmp_path, camera, caps
     assert "expected a number in (0, 16]" in capsys.readouterr().err
     assert main(["restore", str(src), "-o", str(tmp_path / "b"), "--model", "baseline-q10", "--strength", "2"]) == 0
     assert "--strength 2 ignored" in capsys.readouterr().err
+
+
+def test_a_one_to_many_model_that_reads_the_table(tmp_path, camera):
+    """From an any-quality baseline: a z branch added, the table fed to G and to the frozen L2 parent, each patch
+    at its own table; the candidates then depend on z and on the table, and the export restores like the run."""
+    from skimage import data as skdata
+
+    from otmlib.data import code_image
+    from otmlib.evaluate import model_restorer
+    from otmlib.steps import GanConfig
+    from otmlib.train import TrainConfig, Trainer, load_checkpoint
+    from otmlib.zoo import export_generator, load_generator
+
+    gen = GeneratorConfig(width=8, branch_units=1, agg_units=1, table_cond=True)
+    data = DataConfig(patch=32, qualities=(5, 95), quality_law="mixed")
+    train = coded_versions("camera", camera, data)
+    val = coded_versions("coins", skdata.coins()[:64, :64], data)
+    base = Trainer(TrainConfig(mode="baseline", gen=gen, data=data, batch_size=2, steps=2, bf16=False,
+                               out=str(tmp_path / "a"), log_every=1, val_every=10**9), train, progress=False)
+    base.fit()
+    cfg = TrainConfig(mode="one-to-many", gen=gen, data=data, backbone="efficientnet-lite0", d_width=8,
+                      batch_size=2, steps=4, epoch_samples=4, bf16=False, out=str(tmp_path / "b"), log_every=1,
+                      val_every=4, gan=GanConfig(candidates=2, perceptual_on="mean", mean_mse=1.0, spread=30.0))
+    t = Trainer(cfg, train, validation_versions(val, data), progress=False)
+    entry = t.init_from(tmp_path / "a" / "last.pt")
+    assert "added_noise_branch" in entry and t.G_ref is not None and t.G_ref.cfg.table_cond
+    t.fit()
+    log = t.read_log()
+    assert any("ln" in r and "spread" in r for r in log)  # D joined, the spread term ran
+    last = [r for r in log if "val_psnr_q95" in r][-1]
+    assert "val_div_all" in last and last["val_div_all"] > 0
+    G = t.G.eval()
+    x = torch.rand(1, 1, 32, 32) * 255
+    a, b = G(x, seed=0, qtable=jpeg.ijg_table(10)), G(x, seed=1, qtable=jpeg.ijg_table(10))
+    c = G(x, seed=0, qtable=jpeg.ijg_table(90))
+    assert not torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(ValueError, match="qtable"):
+        G(x, seed=0)
+    path = export_generator(load_checkpoint(t.ckpt_path), tmp_path / "m.safetensors", data_description="",
+                            data_sha256="")
+    G2, _ = load_generator(path)
+    assert torch.equal(G2.eval()(x, seed=0, qtable=jpeg.ijg_table(10)), a)
+    y = camera[:48, :48]
+    assert model_restorer(str(path))(jpeg.compress(y, 30).pixels, jpeg.ijg_table(30)).shape == y.shape
