@@ -475,8 +475,8 @@ def project_chroma(c: Tensor, k: Tensor, q: Tensor | np.ndarray, factor: int = 2
     """
     half = chroma_means(c, factor)
     corr = project_to_intervals(half, k, q, margin) - half
-    if factor > 1:
-        corr = corr.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
     out = c.clone()
-    out[..., : corr.shape[-2], : corr.shape[-1]] += corr
+    hh, ww = corr.shape[-2:]
+    cells = out[..., : hh * factor, : ww * factor].unflatten(-1, (ww, factor)).unflatten(-3, (hh, factor))
+    cells += corr[..., :, None, :, None]  # a view of ``out``: each cell's pixels move by its mean's correction
     return out

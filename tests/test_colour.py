@@ -200,19 +200,19 @@ def test_chroma_projection_moves_each_cell_by_a_constant_into_the_intervals(chel
 
     cons = Consistency.from_file(_coded_file(chelsea, 10, tmp_path))
     ycc = jpeg.rgb_to_jfif(chelsea)  # the original: inside by definition, but give it a colour cast of +12 Cb
-    cbcr = np.stack([ycc[..., 1] + 12, ycc[..., 2]])
+    cbcr = np.stack([ycc[..., 1] + 12, ycc[..., 2]]).astype(np.float32)  # as restore_chroma gives them
     out = cons.project_chroma(cbcr)
     for c in range(2):
         plane = jpeg.chroma_means(torch.from_numpy(out[c])[None, None], 2)
         k = cons.kc[c]
-        assert float(jpeg.interval_excess(plane, k, cons.cqtable).max()) < 1e-9
+        assert float(jpeg.interval_excess(plane, k, cons.cqtable).max()) < 1e-3  # float32: 1e-5 levels of rounding
         d = out[c] - cbcr[c]
         h, w = (k.shape[2] * 16, k.shape[3] * 16)
         cells = d[:h, :w].reshape(h // 2, 2, w // 2, 2)
-        assert np.allclose(cells, cells[:, :1, :, :1])  # one correction per 2x2 cell
+        assert np.allclose(cells, cells[:, :1, :, :1], rtol=0, atol=1e-4)  # one correction per 2x2 cell
         assert np.all(d[h:] == 0) and np.all(d[:, w:] == 0)  # partial edge blocks untouched
     assert np.abs(out[0] - cbcr[0]).mean() > 5  # the cast is mostly taken back
-    np.testing.assert_allclose(cons.project_chroma(out), out, atol=1e-9)  # a projection: idempotent
+    np.testing.assert_allclose(cons.project_chroma(out), out, rtol=0, atol=1e-4)  # a projection: idempotent
 
 
 def test_restoring_a_colour_file_with_a_chroma_model_projects_its_chroma(chelsea, tmp_path):
