@@ -113,6 +113,11 @@ def kid(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 100
 
 
 # ---------------------------------------------------------------------------------------------- measuring
+def _table_for(G: Generator, comp: jpeg.Compressed) -> np.ndarray | None:
+    """The JPEG's luminance table for a G that reads it (``table_cond``), else None."""
+    return comp.luma_table if G.cfg.table_cond else None
+
+
 def measure_image(
     y: np.ndarray, quality: int, G_base: Generator | None, G_otm: Generator | None, seeds: Sequence[int],
     kid_tiles: dict[str, list[np.ndarray]] | None = None,
@@ -127,8 +132,8 @@ def measure_image(
     comp = jpeg.compress(y, quality)
     outputs = {"JPEG": comp.pixels}
     if G_base is not None:
-        outputs["baseline"] = restore_luma(G_base, comp.pixels)[0]
-    cands = restore_luma(G_otm, comp.pixels, list(seeds)) if G_otm is not None else []
+        outputs["baseline"] = restore_luma(G_base, comp.pixels, qtable=_table_for(G_base, comp))[0]
+    cands = restore_luma(G_otm, comp.pixels, list(seeds), qtable=_table_for(G_otm, comp)) if G_otm is not None else []
     for s, c in zip(seeds, cands):
         outputs[f"one-to-many seed {s}"] = c
     div: dict[str, float] = {}

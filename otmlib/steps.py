@@ -192,8 +192,10 @@ class GanStep:
         with_d = t.step >= t.steps_per_epoch  # no D in the first epoch (Sec. 3.4)
         xk = _repeat(xj, K)
         z = t._noise(xk)
+        qk = _repeat(q, K) if q.ndim > 2 else q  # one table for all, or one per JPEG
+        table = {"qtable": qk} if cfg.gen.table_cond else {}  # for a G that reads it (any-quality)
         with t._autocast():
-            y = t.G_ddp(xk, z)
+            y = t.G_ddp(xk, z, **table)
         rec: dict[str, float] = {}
         update_d = with_d and t.step % g.d_every == 0
         if update_d:  # step 1: fix G, update D with eq. (3): natural patches, then one candidate per JPEG,
@@ -229,7 +231,6 @@ class GanStep:
                 terms["ln"] = naturalness_loss(t.D(y).float())
             t.D.requires_grad_(True)
             weights["ln"] = cfg.weights.l2
-        qk = _repeat(q, K) if q.ndim > 2 else q  # one table for all, or one per JPEG
         terms["lj"] = jpeg.jpeg_loss(yf, _repeat(k, K), qk, weight=_repeat(aligned, K))
         weights["lj"] = cfg.weights.l3
         if g.mean_mse:
@@ -244,7 +245,7 @@ class GanStep:
             weights["mode_seeking"] = g.mode_seeking
         if g.spread:
             with torch.no_grad(), t._autocast():
-                ref = t.G_ref(xj).float()
+                ref = t.G_ref(xj, **({"qtable": q} if cfg.gen.table_cond else {})).float()
             terms["spread"] = spread_loss(cands, ref, x, g.spread_window, g.spread_floor)
             weights["spread"] = g.spread
         t._check(terms)
