@@ -98,11 +98,12 @@ def _evaluate_candidates(args: argparse.Namespace) -> int:
 
     G, meta = load_generator(args.model, default_device(), alpha=args.alpha)
     base = load_l2_parent(args.model, default_device())
+    chroma = _chroma_model(args.chroma, default_device())[0] if args.colour else None
     files = list_images(args.data)[: args.limit]
     if not files:
         raise ValueError(f"{args.data}: no images to measure")
     per = measure_folder(files, args.quality, base, G, seeds=range(args.seed, args.seed + args.n),
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, colour=args.colour, chroma=chroma)
     failures = per.attrs.get("failures", [])
     for f, why in failures:
         print(f"otm: skipped {f}: {why}", file=sys.stderr)
@@ -114,7 +115,9 @@ def _evaluate_candidates(args: argparse.Namespace) -> int:
         return 1 if failures else 0
     print(f"{args.model} on {args.data} at JPEG quality {args.quality}: {per['image'].nunique()} images, "
           f"{args.n} candidates each"
-          + (f", alpha {args.alpha}" if args.alpha is not None else "") + " (luminance)")
+          + (f", alpha {args.alpha}" if args.alpha is not None else "")
+          + (f" (RGB, 4:2:0; Cb/Cr {'by ' + args.chroma if chroma is not None else 'as decoded'})"
+             if args.colour else " (luminance)"))
     print(s[["method", "outputs", *[c for c in CANDIDATE_COLUMNS if c in s]]]
           .rename(columns=CANDIDATE_COLUMNS).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     one = s.set_index("method").loc["one-to-many"]
@@ -132,12 +135,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.chroma and not args.colour:
         raise ValueError("--chroma restores colour: pass --colour too")
-    if args.colour:
-        return _evaluate_colour(args)
     if args.n > 1:
         if args.model == "jpeg":
             raise ValueError("-n K measures the candidates of a one-to-many model: pass --model (e.g. one-to-many-q10)")
         return _evaluate_candidates(args)
+    if args.colour:
+        return _evaluate_colour(args)
     model = model_restorer(args.model, seed=args.seed, alpha=args.alpha) if args.model != "jpeg" else "jpeg"
     if args.model != "jpeg":
         model.__name__ = args.model + (f" (alpha {args.alpha})" if args.alpha is not None else "")
@@ -565,7 +568,19 @@ def _chroma_model(name: str | None, device):
 
 
 DEFAULT_MODEL = "one-to-many-q10"  # otm restore without --model
-ANY_QUALITY_MODEL = "baseline-any"  # ... and for files the default model did not learn (issue 19), when it ships
+ANY_QUALITY_MODEL = "baseline-any"  # ... and for files the default model did not learn (issue 19)
+ANY_QUALITY_ONE_TO_MANY = "one-to-many-any"  # ... the same for a one-to-many default, when it ships
+
+
+def _any_quality_fallback(default_mode: str) -> str | None:
+    """The model for files far from the default model's quality: the any-quality model of the default's kind
+    (one-to-many or baseline) when it ships, else the any-quality baseline, else None."""
+    from otmlib.zoo import shipped
+
+    names = shipped()
+    if default_mode == "one-to-many" and ANY_QUALITY_ONE_TO_MANY in names:
+        return ANY_QUALITY_ONE_TO_MANY
+    return ANY_QUALITY_MODEL if ANY_QUALITY_MODEL in names else None
 
 
 def _file_quality(f: Path, quality: int | None) -> int | None:
@@ -587,8 +602,6 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from otmlib.zoo import load_generator, read_release, shipped
 
     default = args.model or DEFAULT_MODEL
-    # without --model, files far from the default model's quality go to the any-quality model when one ships
-    fallback = ANY_QUALITY_MODEL if args.model is None and ANY_QUALITY_MODEL in shipped() else None
     loaded: dict[str, tuple] = {}  # model -> (G, its release info, output name)
 
     def model(name: str) -> tuple:
@@ -600,6 +613,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         return loaded[name]
 
     G, info, model_name = model(default)  # a bad --model or --alpha stops here, before any file
+    # without --model, files far from the default model's quality go to an any-quality model
+    fallback = _any_quality_fallback(info.mode) if args.model is None else None
     C, C_q = _chroma_model(args.chroma, default_device())
     if args.bf16 and not bf16_plan(True, default_device())[0]:
         print(f"otm: --bf16 not used: {bf16_plan(True, default_device())[1]}", file=sys.stderr)
@@ -619,8 +634,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         moved = [f for f, c in zip(files, choice) if c == fallback]
         print(f"otm: note: {len(moved)} file(s) (e.g. {moved[0]}, quality ~{qualities[choice.index(fallback)]}) are "
               f"far from {model_name}'s quality {info.quality}: restored with {fallback}, the model for any quality "
-              f"(one output each; --model {default} forces the default)"
-              + (f"; --alpha {args.alpha:g} does not apply to them" if args.alpha is not None else ""), file=sys.stderr)
+              + (f"(--model {default} forces the default)" if model(fallback)[0].cfg.noise else
+                 f"(one output each; --model {default} forces the default)"
+                 + (f"; --alpha {args.alpha:g} does not apply to them" if args.alpha is not None else "")),
+              file=sys.stderr)
     plans = _plan_outputs(files, out_dir, [model(c)[2] for c in choice],
                           [seeds if model(c)[0].cfg.noise else [None] for c in choice])
     failures: list[str] = []
@@ -718,7 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-n", type=_positive_int, default=1,
                    help="candidates per image: with -n K >= 2 and a one-to-many model, print every candidate "
                    "measure (PSNR/SSIM/PSNR-B, gap to its L2 parent, diversity overall, in textured and flat "
-                   "regions, texture ratio, BRISQUE, share inside the intervals, KID on Lite2 features)")
+                   "regions, texture ratio, BRISQUE, share inside the intervals, KID on Lite2 features); with "
+                   "--colour, on RGB (Y by the model, Cb/Cr by --chroma)")
     e.add_argument("--seed", type=_seed, default=0, help="first noise seed (one-to-many models)")
     e.add_argument("--alpha", type=_alpha, default=None,
                    help="one-to-many models: interpolate toward their L2 parent (0 = baseline, 1 = the model)")
@@ -743,7 +761,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("inputs", nargs="+", help="JPEG files or folders")
     r.add_argument("-o", "--output", required=True, help="output folder")
     r.add_argument("--model", default=None, help=f"shipped name (see `otm models`) or a .safetensors; default "
-                   f"{DEFAULT_MODEL}, and {ANY_QUALITY_MODEL} (when it ships) for files far from quality 10")
+                   f"{DEFAULT_MODEL}, and for files far from quality 10 {ANY_QUALITY_ONE_TO_MANY} (or {ANY_QUALITY_MODEL} "
+                   "where it does not ship)")
     r.add_argument("--strength", type=_strength, default=1.0,
                    help="a model that reads the file's quantisation table (baseline-any) is given the table times "
                    "this: 1 = the file's own (default), above 1 smooths more, below 1 less")

@@ -74,22 +74,24 @@ class KidFeatures:
         self._torch = torch
 
     def __call__(self, tiles: np.ndarray, batch: int = 256) -> np.ndarray:
-        """(N, T, T) uint8 tiles -> (N, 1280) float64 features."""
+        """(N, T, T) grey or (N, T, T, 3) RGB uint8 tiles -> (N, 1280) float64 features."""
         torch = self._torch
         out = []
         with torch.no_grad():
             for i in range(0, len(tiles), batch):
-                x = torch.from_numpy(tiles[i : i + batch].astype(np.float32))[:, None].expand(-1, 3, -1, -1)
+                t = torch.from_numpy(tiles[i : i + batch].astype(np.float32))
+                x = t.permute(0, 3, 1, 2) if t.ndim == 4 else t[:, None].expand(-1, 3, -1, -1)
                 f = self.net.extract_features((x - 127.0) / 128.0)
                 out.append(f.mean(dim=(2, 3)).double().numpy())
         return np.concatenate(out) if out else np.zeros((0, 1280))
 
 
 def tiles(img: np.ndarray, size: int = KID_TILE) -> np.ndarray:
-    """Non-overlapping ``size`` x ``size`` tiles of a grey image (N, size, size), from the top-left."""
+    """Non-overlapping ``size`` x ``size`` tiles of a grey (H, W) or RGB (H, W, 3) image, (N, size, size[, 3]),
+    from the top-left."""
     h, w = (img.shape[0] // size) * size, (img.shape[1] // size) * size
-    t = img[:h, :w].reshape(h // size, size, w // size, size).swapaxes(1, 2)
-    return t.reshape(-1, size, size)
+    t = img[:h, :w].reshape(h // size, size, w // size, size, *img.shape[2:]).swapaxes(1, 2)
+    return t.reshape(-1, size, size, *img.shape[2:])
 
 
 def kid(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> float:
@@ -161,6 +163,59 @@ def measure_image(
     return rows
 
 
+def measure_colour_image(
+    rgb: np.ndarray, quality: int, G_base: Generator | None, G_otm: Generator | None, seeds: Sequence[int],
+    chroma: Generator | None = None, kid_tiles: dict[str, list[np.ndarray]] | None = None,
+) -> list[dict]:
+    """:func:`measure_image` on RGB (the colour issue: the candidate measures computed on RGB).
+
+    ``rgb`` is coded as most files are (Pillow, 4:2:0, at ``quality``) and restored as ``otm restore`` does a
+    colour file, without the projection: Y by each model, Cb/Cr by ``chroma`` (None: kept as decoded). PSNR / SSIM /
+    PSNR-B and the MSE over RGB (:func:`otmlib.metrics.rgb_metrics`); the diversity from the per-pixel variance
+    across candidates averaged over the three channels, its regions from the original's luminance; the texture
+    ratio on the luminance; BRISQUE on RGB; the interval share of the luminance (JFIF Y against the file's luma
+    table); KID on RGB tiles.
+    """
+    from otmlib.metrics import rgb_metrics
+    from otmlib.restore import restore_image
+
+    comp = jpeg.compress(rgb, quality, "4:2:0")
+    table = lambda G: comp.luma_table if G.cfg.table_cond else None  # noqa: E731 (restore_image rescales it)
+    outputs = {"JPEG": comp.pixels}
+    if G_base is not None:
+        outputs["baseline"] = restore_image(G_base, comp.pixels, chroma=chroma, qtable=table(G_base)).candidates[0]
+    cands = (restore_image(G_otm, comp.pixels, list(seeds), chroma=chroma, qtable=table(G_otm)).candidates
+             if G_otm is not None else [])
+    for s, c in zip(seeds, cands):
+        outputs[f"one-to-many seed {s}"] = c
+    y = jpeg.luminance(rgb)
+    div: dict[str, float] = {}
+    if len(cands) > 1:
+        var = candidate_variance(cands).mean(axis=2)  # per pixel, over R, G and B
+        for name, (total, n) in region_sums(var, y).items():
+            div[f"var_{name}"] = total / n if n else 0.0
+            div[f"n_{name}"] = n
+    if kid_tiles is not None:
+        kid_tiles.setdefault("original", []).append(tiles(rgb))
+    y_jpeg = jpeg.rgb_to_jfif(comp.pixels)[..., 0]
+    rows = []
+    for name, out in outputs.items():
+        method = "one-to-many" if name.startswith("one-to-many") else name
+        rows.append({
+            "method": method,
+            "output": name,
+            **rgb_metrics(rgb, out),
+            "mse": float(np.mean((out.astype(np.float64) - rgb) ** 2)),
+            "interval_share": interval_share(jpeg.rgb_to_jfif(out)[..., 0], y_jpeg, comp.luma_table),
+            "texture_ratio": texture_ratio(jpeg.luminance(out), y),
+            "brisque": brisque_score(out),
+            **(div if method == "one-to-many" else {}),
+        })
+        if kid_tiles is not None:
+            kid_tiles.setdefault(method, []).append(tiles(out))
+    return rows
+
+
 def measure_folder(
     files: Sequence[Path],
     quality: int,
@@ -169,8 +224,13 @@ def measure_folder(
     seeds: Sequence[int] = (0, 1, 2, 3),
     progress: bool = True,
     with_kid: bool = True,
+    colour: bool = False,
+    chroma: Generator | None = None,
 ):
     """Per-output measurements over images (a DataFrame with an ``image`` column).
+
+    ``colour``: on RGB (:func:`measure_colour_image`, Cb/Cr by ``chroma``; grey images are skipped and listed);
+    else on the luminance (:func:`measure_image`).
 
     With ``with_kid``, KID of each method's 64x64 tiles against the originals' is computed over the whole
     set and kept in ``frame.attrs["kid"]`` (method -> KID) for :func:`summarise`. An unreadable image is
@@ -186,11 +246,16 @@ def measure_folder(
     kid_tiles: dict[str, list[np.ndarray]] | None = {} if with_kid else None
     for f in tqdm(list(files), desc="measuring", unit="img", disable=not progress):
         try:
-            y = jpeg.luminance(load_image(f, exif=False, min_side=16))
+            img = load_image(f, exif=False, min_side=16)
         except ImageError as e:
             failures.append((str(f), e.reason))
             continue
-        for r in measure_image(y, quality, G_base, G_otm, seeds, kid_tiles):
+        if colour and img.ndim == 2:
+            failures.append((str(f), "a grey image (the colour measures need RGB)"))
+            continue
+        found = (measure_colour_image(img, quality, G_base, G_otm, seeds, chroma, kid_tiles) if colour else
+                 measure_image(jpeg.luminance(img), quality, G_base, G_otm, seeds, kid_tiles))
+        for r in found:
             rows.append({"image": Path(f).name, **r})
     frame = pd.DataFrame(rows)
     frame.attrs["failures"] = failures
