@@ -238,13 +238,27 @@ needs_any = pytest.mark.skipif("baseline-any" not in __import__("otmlib.zoo", fr
 
 
 @needs_any
-def test_restore_without_model_sends_far_qualities_to_the_any_quality_model(tmp_path, camera, capsys):
+def test_restore_without_model_sends_far_qualities_to_the_any_quality_model(tmp_path, camera, capsys, monkeypatch):
+    """The default (one-to-many-q10) sends far files to the any-quality model of its kind (one-to-many-any) when it
+    ships, else to baseline-any; --alpha applies to a one-to-many fallback and is said not to apply to a baseline."""
     from PIL import Image
 
+    from otmlib import cli, zoo
     from otmlib.cli import main
 
     for name, q in (("low", 10), ("high", 60)):
         Image.fromarray(camera[:64, :64]).save(tmp_path / f"{name}.jpg", quality=q)
+    if "one-to-many-any" in zoo.shipped():
+        out = tmp_path / "otm"
+        assert main(["restore", str(tmp_path / "low.jpg"), str(tmp_path / "high.jpg"), "-o", str(out), "-n", "2",
+                     "--alpha", "0.5"]) == 0
+        err = capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == [
+            "high_one-to-many-any_a0.5_seed0.png", "high_one-to-many-any_a0.5_seed1.png",
+            "low_one-to-many-q10_a0.5_seed0.png", "low_one-to-many-q10_a0.5_seed1.png"]
+        assert "restored with one-to-many-any" in err and "does not apply" not in err
+    # without the one-to-many for every quality: the any-quality baseline
+    monkeypatch.setattr(cli, "ANY_QUALITY_ONE_TO_MANY", "no-such-model")
     out = tmp_path / "out"
     assert main(["restore", str(tmp_path / "low.jpg"), str(tmp_path / "high.jpg"), "-o", str(out)]) == 0
     err = capsys.readouterr().err
