@@ -138,26 +138,35 @@ def measure_image(
     cands = restore_luma(G_otm, comp.pixels, list(seeds), qtable=_table_for(G_otm, comp)) if G_otm is not None else []
     for s, c in zip(seeds, cands):
         outputs[f"one-to-many seed {s}"] = c
+    div = _region_terms(candidate_variance(cands), y) if len(cands) > 1 else {}
+    return _rows(outputs, y, div, kid_tiles, lambda out: {
+        **all_metrics(y, out),
+        "mse": float(np.mean((out.astype(np.float64) - y) ** 2)),
+        "interval_share": interval_share(out, comp.pixels, comp.luma_table),
+        "texture_ratio": texture_ratio(out, y),
+    })
+
+
+def _region_terms(var: np.ndarray, original_luma: np.ndarray) -> dict[str, float]:
+    """An image's diversity terms for :func:`summarise`: the mean candidate variance ``var`` (H, W) over all
+    pixels and over the original's textured / flat pixels, with their counts."""
     div: dict[str, float] = {}
-    if len(cands) > 1:
-        for name, (total, n) in region_sums(candidate_variance(cands), y).items():
-            div[f"var_{name}"] = total / n if n else 0.0
-            div[f"n_{name}"] = n
+    for name, (total, n) in region_sums(var, original_luma).items():
+        div[f"var_{name}"] = total / n if n else 0.0
+        div[f"n_{name}"] = n
+    return div
+
+
+def _rows(outputs: dict[str, np.ndarray], original: np.ndarray, div: dict[str, float],
+          kid_tiles: dict[str, list[np.ndarray]] | None, measures) -> list[dict]:
+    """One row per output (``measures(out)`` plus BRISQUE; the candidates carry ``div``), KID tiles collected."""
     if kid_tiles is not None:
-        kid_tiles.setdefault("original", []).append(tiles(y))
+        kid_tiles.setdefault("original", []).append(tiles(original))
     rows = []
     for name, out in outputs.items():
         method = "one-to-many" if name.startswith("one-to-many") else name
-        rows.append({
-            "method": method,
-            "output": name,
-            **all_metrics(y, out),
-            "mse": float(np.mean((out.astype(np.float64) - y) ** 2)),
-            "interval_share": interval_share(out, comp.pixels, comp.luma_table),
-            "texture_ratio": texture_ratio(out, y),
-            "brisque": brisque_score(out),
-            **(div if method == "one-to-many" else {}),
-        })
+        rows.append({"method": method, "output": name, **measures(out), "brisque": brisque_score(out),
+                     **(div if method == "one-to-many" else {})})
         if kid_tiles is not None:
             kid_tiles.setdefault(method, []).append(tiles(out))
     return rows
@@ -189,31 +198,14 @@ def measure_colour_image(
     for s, c in zip(seeds, cands):
         outputs[f"one-to-many seed {s}"] = c
     y = jpeg.luminance(rgb)
-    div: dict[str, float] = {}
-    if len(cands) > 1:
-        var = candidate_variance(cands).mean(axis=2)  # per pixel, over R, G and B
-        for name, (total, n) in region_sums(var, y).items():
-            div[f"var_{name}"] = total / n if n else 0.0
-            div[f"n_{name}"] = n
-    if kid_tiles is not None:
-        kid_tiles.setdefault("original", []).append(tiles(rgb))
+    div = _region_terms(candidate_variance(cands).mean(axis=2), y) if len(cands) > 1 else {}  # over R, G, B
     y_jpeg = jpeg.rgb_to_jfif(comp.pixels)[..., 0]
-    rows = []
-    for name, out in outputs.items():
-        method = "one-to-many" if name.startswith("one-to-many") else name
-        rows.append({
-            "method": method,
-            "output": name,
-            **rgb_metrics(rgb, out),
-            "mse": float(np.mean((out.astype(np.float64) - rgb) ** 2)),
-            "interval_share": interval_share(jpeg.rgb_to_jfif(out)[..., 0], y_jpeg, comp.luma_table),
-            "texture_ratio": texture_ratio(jpeg.luminance(out), y),
-            "brisque": brisque_score(out),
-            **(div if method == "one-to-many" else {}),
-        })
-        if kid_tiles is not None:
-            kid_tiles.setdefault(method, []).append(tiles(out))
-    return rows
+    return _rows(outputs, rgb, div, kid_tiles, lambda out: {
+        **rgb_metrics(rgb, out),
+        "mse": float(np.mean((out.astype(np.float64) - rgb) ** 2)),
+        "interval_share": interval_share(jpeg.rgb_to_jfif(out)[..., 0], y_jpeg, comp.luma_table),
+        "texture_ratio": texture_ratio(jpeg.luminance(out), y),
+    })
 
 
 def measure_folder(
