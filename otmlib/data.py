@@ -48,8 +48,8 @@ class DataConfig:
     table_jitter: float = 0.0  # share of those patches coded with a perturbed, non-IJG table (cameras' own)
     # how the quality is drawn: "quality" log-uniform in Q (Q90-95 get 2% of the patches on [5, 95]); "scale"
     # log-uniform in IJG's table scale (5000/Q below 50, 200-2Q above), i.e. in the quantiser's step: every
-    # doubling of the step gets the same share, Q90-95 as many patches as Q5-10 (15% each on [5, 95]); "mixed":
-    # half the patches each way (Q90-95 9%, Q5-10 20%)
+    # doubling of the step gets the same share, Q90-95 as many patches as Q5-10 (16% each on [5, 95]); "mixed":
+    # half the patches each way (Q90-95 9%, Q5-10 21%)
     quality_law: str = "quality"
 
     def __post_init__(self) -> None:

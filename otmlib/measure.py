@@ -189,11 +189,11 @@ def measure_colour_image(
     from otmlib.restore import restore_image
 
     comp = jpeg.compress(rgb, quality, "4:2:0")
-    table = lambda G: comp.luma_table if G.cfg.table_cond else None  # noqa: E731 (restore_image rescales it)
-    outputs = {"JPEG": comp.pixels}
+    outputs = {"JPEG": comp.pixels}  # (restore_image rescales a colour file's table to the model's Y range)
     if G_base is not None:
-        outputs["baseline"] = restore_image(G_base, comp.pixels, chroma=chroma, qtable=table(G_base)).candidates[0]
-    cands = (restore_image(G_otm, comp.pixels, list(seeds), chroma=chroma, qtable=table(G_otm)).candidates
+        outputs["baseline"] = restore_image(G_base, comp.pixels, chroma=chroma,
+                                            qtable=_table_for(G_base, comp)).candidates[0]
+    cands = (restore_image(G_otm, comp.pixels, list(seeds), chroma=chroma, qtable=_table_for(G_otm, comp)).candidates
              if G_otm is not None else [])
     for s, c in zip(seeds, cands):
         outputs[f"one-to-many seed {s}"] = c
